@@ -1,0 +1,52 @@
+"""Logging setup, with an in-memory ring of recent lines for log collection."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import threading
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RingHandler(logging.Handler):
+    """Keeps the last ``capacity`` formatted records; the logs command ships them."""
+
+    def __init__(self, capacity: int = 20000) -> None:
+        super().__init__()
+        self._lines: collections.deque[str] = collections.deque(maxlen=capacity)
+        self._lock2 = threading.Lock()
+        self.setFormatter(logging.Formatter(FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            return
+        with self._lock2:
+            self._lines.append(line)
+
+    def text(self) -> str:
+        with self._lock2:
+            return "\n".join(self._lines) + "\n"
+
+
+RING = RingHandler()
+
+
+def setup(debug: bool = False, log_file: str | None = None) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(stream)
+    root.addHandler(RING)
+    if log_file:
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(fh)
+    # cheroot and urllib3 are chatty at debug level
+    logging.getLogger("urllib3").setLevel(logging.INFO)

@@ -1,0 +1,188 @@
+"""The user's door: ``deploy-agent serve | call | deploy | tools | --version``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from agent import __version__, agentlog, config, tools
+from agent.errors import AgentError
+
+LOG = logging.getLogger("agent.cli")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the agent")
+    p.add_argument("--listen", dest="listen_host", help="bind address (default ::)")
+    p.add_argument("--port", dest="listen_port", help="port (default 9999)")
+    p.add_argument("--standalone", action="store_const", const=True,
+                   help="no controller: no lookup, no heartbeat")
+    p.add_argument("--token", dest="agent_token", help="require this agent token")
+    p.add_argument("--tls-cert", dest="tls_cert_file", help="static certificate (PEM)")
+    p.add_argument("--tls-key", dest="tls_key_file", help="static key (PEM)")
+    p.add_argument("--auto-tls", action="store_const", const=True,
+                   help="serve HTTPS with a generated self-signed certificate")
+    p.add_argument("--cmdline", dest="cmdline_file",
+                   help="read kernel parameters from this file instead of /proc/cmdline")
+    p.add_argument("--config", dest="config_file", help="TOML config file")
+    p.add_argument("--ramdisk", choices=("auto", "true", "false"),
+                   help="allow power actions (auto: detect an initramfs root)")
+    p.add_argument("--include-loop-devices", action="store_const", const=True,
+                   help="treat loop devices as disks (tests, local use)")
+    p.add_argument("--debug", action="store_const", const=True)
+    p.add_argument("--log-file")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", default="http://127.0.0.1:9999", help="agent URL")
+    p.add_argument("--token", help="agent token")
+    p.add_argument("--ca", help="CA/certificate file to verify the agent, or 'insecure'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deploy-agent")
+    parser.add_argument("--version", action="version", version=f"deploy-agent {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _serve_parser(sub)
+    call = sub.add_parser("call", help="run one command on an agent")
+    _client_args(call)
+    call.add_argument("--no-wait", action="store_true", help="do not wait for async commands")
+    call.add_argument("name", help="<extension>.<command>")
+    call.add_argument("params", nargs="*", help="key=value (values parsed as JSON if possible)")
+    sub.add_parser("tools", help="report which system tools are present")
+    return parser
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"parameter {pair!r} is not key=value")
+        key, value = pair.split("=", 1)
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+class ProgressPrinter:
+    """A live bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = ""
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        done, total, unit = p.get("done") or 0, p.get("total"), p.get("unit") or ""
+        scale, label = (1 << 20, "MiB") if unit == "bytes" else (1, unit)
+        rate, eta = p.get("rate"), p.get("eta_s")
+        parts = [f"{p.get('phase')}:"]
+        if total:
+            parts.append(f"{100.0 * done / total:5.1f}%")
+            parts.append(f"{done / scale:.1f}/{total / scale:.1f} {label}")
+        else:
+            parts.append(f"{done / scale:.1f} {label}")
+        if rate:
+            parts.append(f"{rate / scale:.1f} {label}/s")
+        if eta is not None:
+            parts.append(f"eta {eta:.0f}s")
+        text = " ".join(parts)
+        if self.tty:
+            width = 30
+            filled = int(width * done / total) if total else 0
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r[{bar}] {text}\x1b[K")
+            self.stream.flush()
+        elif text != self._last:
+            self.stream.write(text + "\n")
+        self._last = text
+
+    def close(self) -> None:
+        if self.tty and self._last:
+            self.stream.write("\n")
+
+
+def make_client(args: argparse.Namespace) -> Any:
+    from agent.client import AgentClient
+    verify: bool | str = True
+    if args.ca == "insecure":
+        verify = False
+    elif args.ca:
+        verify = args.ca
+    return AgentClient(args.agent, token=args.token, verify=verify)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from agent.client import AgentAPIError, CommandFailed
+    client = make_client(args)
+    printer = ProgressPrinter()
+    try:
+        result = client.post(args.name, parse_params(args.params))
+        if not args.no_wait:
+            result = client.wait(result, on_progress=printer)
+    except CommandFailed as exc:
+        printer.close()
+        print(json.dumps(exc.result, indent=2))
+        return 1
+    except (AgentAPIError, OSError) as exc:
+        printer.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    printer.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in (
+        "listen_host", "listen_port", "standalone", "agent_token", "tls_cert_file",
+        "tls_key_file", "auto_tls", "ramdisk", "include_loop_devices", "debug", "log_file")}
+    try:
+        cfg = config.load(cmdline_file=args.cmdline_file, config_file=args.config_file,
+                          flags=flags)
+    except AgentError as exc:
+        print(f"deploy-agent: {exc.details}", file=sys.stderr)
+        return 2
+    agentlog.setup(cfg.debug, cfg.log_file)
+    from agent.runtime import Runtime
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    runtime = Runtime(cfg)
+    LOG.info("deploy-agent %s starting (%s)", __version__,
+             "standalone" if cfg.standalone or not cfg.api_url else "controller "
+             + ",".join(cfg.api_url))
+    try:
+        if cfg.standalone or not cfg.api_url:
+            runtime.start_api()
+        else:
+            from agent.controller import run_with_controller
+            run_with_controller(runtime)
+    except AgentError as exc:
+        LOG.error("startup failed: %s", exc.details)
+        return 1
+    runtime.wait()
+    return 0
+
+
+def cmd_tools(_: argparse.Namespace) -> int:
+    found = tools.check_tools()
+    for name in sorted(found):
+        print(f"{name:14} {found[name] or 'MISSING'}")
+    for line in tools.missing_report(found):
+        print(line, file=sys.stderr)
+    return 1 if any(not found[n] and tools.TOOLS[n].required for n in found) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "call": cmd_call, "tools": cmd_tools}
+    return handlers[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

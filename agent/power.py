@@ -1,0 +1,83 @@
+"""Flush, then power off or reboot the machine (only inside a deploy ramdisk)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+
+from agent import tools
+from agent.errors import AgentError
+
+LOG = logging.getLogger(__name__)
+BLKFLSBUF = 0x1261
+FALLBACK_AFTER_S = 30.0
+
+
+def block_devices(sys_block: str = "/sys/block") -> list[str]:
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return []
+    return [f"/dev/{n}" for n in names if not n.startswith(("ram", "zram"))]
+
+
+def flush_all(sys_block: str = "/sys/block") -> list[str]:
+    """sync, drop the page cache and BLKFLSBUF every disk; return the flushed ones."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as exc:
+        LOG.debug("cannot drop caches: %s", exc)
+    flushed = []
+    for dev in block_devices(sys_block):
+        try:
+            fd = os.open(dev, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue  # absent node or no permission: nothing cached by us there
+        try:
+            fcntl.ioctl(fd, BLKFLSBUF, 0)
+            flushed.append(dev)
+        except OSError as exc:
+            LOG.debug("BLKFLSBUF %s: %s", dev, exc)
+        finally:
+            os.close(fd)
+    return flushed
+
+
+def _sysrq(letter: str) -> None:
+    try:
+        with open("/proc/sys/kernel/sysrq", "w") as f:
+            f.write("1\n")
+        with open("/proc/sysrq-trigger", "w") as f:
+            f.write(letter)
+    except OSError as exc:
+        LOG.error("sysrq %s failed: %s", letter, exc)
+
+
+def shutdown(reboot: bool, ntp_server: str | None = None) -> None:
+    """Flush everything, ask the init system, and fall back to sysrq if ignored."""
+    flush_all()
+    try:
+        tools.run("hwclock", "--systohc", timeout=10)
+    except AgentError as exc:
+        LOG.info("hardware clock not synced: %s", exc.details)
+    action = "reboot" if reboot else "poweroff"
+    letter = "b" if reboot else "o"
+
+    def fallback() -> None:
+        time.sleep(FALLBACK_AFTER_S)
+        LOG.warning("%s was ignored for %.0fs; forcing it through sysrq", action,
+                    FALLBACK_AFTER_S)
+        os.sync()
+        _sysrq(letter)
+
+    threading.Thread(target=fallback, daemon=True).start()
+    try:
+        tools.run("systemctl", action, "--no-block", timeout=20)
+    except AgentError as exc:
+        LOG.error("systemctl %s failed (%s); using sysrq", action, exc.details)
+        _sysrq(letter)

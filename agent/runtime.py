@@ -1,0 +1,62 @@
+"""Assemble one agent: config → state → extensions → runner → app → server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from flask import Flask
+
+from agent import api, tls, tools
+from agent.commands import CommandRunner
+from agent.config import Config
+from agent.extensions import load_extensions
+from agent.server import AgentServer
+from agent.state import AgentState
+
+LOG = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = AgentState(config)
+        self.state.tool_report = tools.check_tools()
+        for line in tools.missing_report(self.state.tool_report):
+            LOG.warning("tool check: %s", line)
+        self.runner = CommandRunner(load_extensions(self.state), config.max_results)
+        self.app: Flask = api.create_app(self.state, self.runner)
+        self.server: AgentServer | None = None
+        self.cert_pem: str | None = None
+
+    def tls_files(self, advertise_ip: str | None) -> tuple[str | None, str | None]:
+        cfg = self.config
+        if cfg.tls_cert_file:
+            with open(cfg.tls_cert_file, encoding="utf-8") as f:
+                self.cert_pem = f.read()
+            return cfg.tls_cert_file, cfg.tls_key_file
+        if cfg.auto_tls:
+            ip = advertise_ip or "127.0.0.1"
+            cert, key = tls.generate_certificate(ip, cfg.tls_certificate_curve)
+            self.cert_pem = cert
+            return tls.write_pair(cert, key)
+        return None, None
+
+    def start_api(self, advertise_ip: str | None = None) -> AgentServer:
+        cert, key = self.tls_files(advertise_ip)
+        self.server = AgentServer(self.app, self.config.listen_host, self.config.listen_port,
+                                  cert_file=cert, key_file=key,
+                                  tls_min_version=self.config.tls_min_version,
+                                  ciphers=self.config.tls_cipher_suites)
+        self.server.start()
+        self.state.on_stop.append(self.server.stop)
+        return self.server
+
+    def wait(self) -> None:
+        """Block until stopped; lockdown keeps the process alive so no restart happens."""
+        self.state.stopped.wait()
+        if os.environ.get("DEPLOY_AGENT_EXIT_ON_STOP"):
+            return
+        LOG.warning("agent stopped serving; idling")
+        threading.Event().wait()
