@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import inspect
+import json
 import logging
 import threading
 import time
@@ -38,18 +39,18 @@ OUT_OF_BAND = {"log.collect_system_logs"}
 class CommandSpec:
     name: str
     is_async: bool
-    validator: Callable[[dict[str, Any]], dict[str, Any]] | None
+    validator: Callable[[dict[str, Any]], dict[str, Any]] | str | None
 
 
 def command(name: str | None = None, *, is_async: bool = False,
-            validator: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+            validator: Callable[[dict[str, Any]], dict[str, Any]] | str | None = None
             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark an extension method as a command.
 
     The method is called as ``method(ctx, **params)``.  ``validator`` receives
     the raw params and returns the keyword arguments, raising
-    InvalidCommandParamsError; without one, params are checked against the
-    method's signature.
+    InvalidCommandParamsError; a string names a validator method on the
+    extension.  Without one, params are checked against the method's signature.
     """
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn._command_spec = CommandSpec(name or fn.__name__, is_async, validator)
@@ -97,14 +98,17 @@ class CommandResult:
         self.done.set()
 
     def to_dict(self, *, elide_large: bool = False) -> dict[str, Any]:
+        # status first: finish() sets it last, so a reader that sees the final
+        # status also sees the final result and error
+        status = self.status
         result = self.result
-        if self.status == RUNNING and self.context.progress.started:
+        if status == RUNNING and self.context.progress.started:
             result = {"progress": self.context.progress.snapshot()}
         elif elide_large and isinstance(result, dict) and "system_logs" in result:
             result = dict(result, system_logs=f"<elided, {len(result['system_logs'])} "
                                               "characters; returned in the POST response>")
         data = {"id": self.id, "command_name": self.command_name,
-                "command_status": self.status, "command_error": self.error,
+                "command_status": status, "command_error": self.error,
                 "command_result": result}
         if self.context.progress.started:
             data["progress"] = self.context.progress.snapshot()
@@ -158,6 +162,10 @@ class CommandRunner:
             for attr in dir(type(ext)):
                 spec = getattr(getattr(type(ext), attr), "_command_spec", None)
                 if spec is not None:
+                    if isinstance(spec.validator, str):
+                        # a method name: validators that need the extension's config
+                        spec = dataclasses.replace(spec,
+                                                   validator=getattr(ext, spec.validator))
                     table[spec.name] = (getattr(ext, attr), spec)
         self._results: collections.OrderedDict[str, CommandResult] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -254,14 +262,23 @@ class CommandRunner:
             error = None
             if isinstance(value, StepOutcome):
                 status, error, value = value.status, value.error, value.result
-            result.finish(status, wrap_result(value, result.command_name, result.is_async),
-                          error)
+            value = wrap_result(value, result.command_name, result.is_async)
+            try:
+                json.dumps([value, error])
+            except (TypeError, ValueError) as exc:
+                # stored as is, it would make every later GET /v1/commands/ fail:
+                # the same trap as IPA's raw exceptions
+                raise errors.CommandExecutionError(
+                    f"{result.command_name} returned a result that cannot be encoded as "
+                    f"JSON: {exc}") from exc
         except BaseException as exc:  # noqa: BLE001 - everything becomes a FAILED result
             if not isinstance(exc, (errors.AgentError,)):
                 LOG.exception("command %s raised", result.command_name)
             else:
                 LOG.error("command %s failed: %s", result.command_name, exc)
             result.finish(FAILED, None, errors.normalise(exc))
+        else:
+            result.finish(status, value, error)
 
     def _run_async(self, result: CommandResult, fn: Callable[..., Any],
                    kwargs: dict[str, Any]) -> None:

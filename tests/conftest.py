@@ -54,3 +54,11 @@ def make_loop(tmp_path) -> Iterator[Callable[..., str]]:
 def loop_disk(make_loop) -> str:
     """A 256 MiB loop device with 512-byte sectors."""
     return make_loop(256 * 1024 * 1024)
+
+
+@pytest.fixture
+def image_server():
+    from tests.imgserver import ImageServer
+    server = ImageServer().start()
+    yield server
+    server.stop()

@@ -7,7 +7,8 @@ from typing import Any
 
 from agent import power
 from agent.commands import CommandContext, command
-from agent.errors import PowerActionRefused
+from agent.config import parse_bool
+from agent.errors import InvalidCommandParamsError, PowerActionRefused
 from agent.extensions import Extension
 
 LOG = logging.getLogger(__name__)
@@ -22,8 +23,48 @@ def refuse_unless_ramdisk(ext: Extension, action: str) -> None:
             "this machine was left running and nothing was touched")
 
 
+def _flag(params: dict[str, Any], name: str) -> bool:
+    try:
+        return parse_bool(params.get(name) or False)
+    except ValueError:
+        raise InvalidCommandParamsError(f"'{name}' must be a boolean") from None
+
+
 class StandbyExtension(Extension):
     name = "standby"
+
+    def validate_image(self, params: dict[str, Any]) -> dict[str, Any]:
+        from agent.imaging import image_info
+        spec = image_info.validate(params.get("image_info"),
+                                   md5_allowed=self.config.md5_enabled)
+        configdrive = params.get("configdrive", spec.raw.get("configdrive"))
+        return {"spec": spec, "configdrive": configdrive,
+                "force": _flag(params, "force"),
+                "verify_after_write": _flag(params, "verify_after_write")
+                or _flag(spec.raw, "verify_after_write")}
+
+    def run_prepare(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
+                    force: bool = False, verify_after_write: bool = False,
+                    write_configdrive: bool = True) -> dict[str, Any]:
+        from agent.imaging import deploy
+        outcome = deploy.prepare(self.state, spec, configdrive, progress=ctx.progress,
+                                 cancel_check=ctx.check_cancelled, force=force,
+                                 verify_after_write=verify_after_write,
+                                 write_configdrive=write_configdrive)
+        return outcome
+
+    @command(is_async=True, validator="validate_image")
+    def prepare_image(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
+                      force: bool = False, verify_after_write: bool = False) -> dict[str, Any]:
+        outcome = self.run_prepare(ctx, spec, configdrive, force, verify_after_write)
+        return {"result": f"prepare_image: {outcome.pop('message')}", **outcome}
+
+    @command(is_async=True, validator="validate_image")
+    def cache_image(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
+                    force: bool = False, verify_after_write: bool = False) -> dict[str, Any]:
+        outcome = self.run_prepare(ctx, spec, None, force, verify_after_write,
+                                   write_configdrive=False)
+        return {"result": f"cache_image: {outcome.pop('message')}", **outcome}
 
     @command()
     def sync(self, ctx: CommandContext) -> None:

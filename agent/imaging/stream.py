@@ -1,0 +1,298 @@
+"""The byte path, in one place: URL → hash → decompress → disk.
+
+    source (HTTP, resumable)      agent/imaging/source.py
+      → hash (of the bytes as served, which is what the checksum covers)
+      → decompress (sniffed by magic)  agent/imaging/decompress.py
+      → writer (head last, zero runs punched)  agent/imaging/writer.py
+
+Each arrow is a bounded hand-off between threads (agent/imaging/plumbing.py),
+so receiving, hashing, decompressing and writing overlap.  Nothing is
+written until the first bytes have been inspected; the first MiB reaches the
+disk only after the checksum matched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.errors import AgentError, ImageChecksumError, InvalidImage
+from agent.imaging import decompress, plumbing
+from agent.imaging.checksum import Expected
+from agent.imaging.source import HTTPSource, RestartFromZero
+from agent.imaging.writer import DeviceWriter
+from agent.progress import Progress
+
+LOG = logging.getLogger(__name__)
+LOG_EVERY_S = 5.0
+IN_BUFFERS = 4
+OUT_BUFFERS = 3
+
+
+@dataclasses.dataclass
+class StreamOptions:
+    direct: bool = True
+    zero_skip: bool = True
+    verify_after_write: bool = False
+    checksum_retries: int = 1
+    # called with the decompressed head before anything is written; raises to refuse
+    inspect_head: Callable[[bytes, str | None], None] | None = None
+
+
+@dataclasses.dataclass
+class StreamReport:
+    device: str
+    image_bytes: int          # bytes written to the device (decompressed size)
+    received_bytes: int
+    compression: str | None
+    digest: str
+    algo: str
+    seconds: float
+    write_path: str
+    zero_path: str
+    zeroed_bytes: int
+    resumes: int
+    restarts: int
+    verified_after_write: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Attempt:
+    """One pass over the image from byte 0; a server restart starts a new one."""
+
+    def __init__(self, source: HTTPSource, writer: DeviceWriter, expected: Expected,
+                 first: plumbing.Buffer, pool: plumbing.Pool) -> None:
+        self.source = source
+        self.writer = writer
+        self.hasher = expected.new()
+        self.first = first
+        self.pool = pool
+        self.kind = decompress.sniff(bytes(first.data[:8]))
+        self.decompressor: decompress.Decompressor | None = None
+
+    def run(self, stages: plumbing.Stages) -> None:
+        abort = stages.abort
+        to_hash = plumbing.Pipe(abort)
+        to_next = plumbing.Pipe(abort)
+
+        def receive() -> None:
+            buf: plumbing.Buffer | None = self.first
+            while buf is not None:
+                if buf.n:
+                    to_hash.put(buf)
+                if buf.n < len(buf.view):
+                    break
+                buf = self.pool.get(abort)
+                plumbing.fill(self.source.readinto, buf)
+            to_hash.close()
+
+        def hash_stage() -> None:
+            while (buf := to_hash.get()) is not None:
+                self.hasher.update(buf.data)
+                to_next.put(buf)
+            to_next.close()
+
+        def write_from(pipe: plumbing.Pipe, pool: plumbing.Pool) -> None:
+            while (buf := pipe.get()) is not None:
+                self.writer.write(buf.data)
+                pool.put(buf)
+
+        stages.start("receive", receive)
+        stages.start("hash", hash_stage)
+        if self.kind is None:
+            stages.start("write", lambda: write_from(to_next, self.pool))
+            return
+        out_pool = plumbing.Pool(OUT_BUFFERS)
+        to_write = plumbing.Pipe(abort)
+        reader = _PipeReader(to_next, self.pool)
+        self.decompressor = decompress.Decompressor(self.kind, reader.read)
+
+        def decompress_stage() -> None:
+            while True:
+                buf = out_pool.get(abort)
+                buf.n = self.decompressor.readinto(buf.view)
+                if buf.n:
+                    to_write.put(buf)
+                if buf.n < len(buf.view):
+                    break
+            to_write.close()
+
+        stages.start("decompress", decompress_stage)
+        stages.start("write", lambda: write_from(to_write, out_pool))
+
+
+class _PipeReader:
+    """``read(n)`` over buffers arriving through a pipe (feeds the decompressor)."""
+
+    def __init__(self, pipe: plumbing.Pipe, pool: plumbing.Pool) -> None:
+        self._pipe = pipe
+        self._pool = pool
+        self._buf: plumbing.Buffer | None = None
+        self._pos = 0
+        self._ended = False
+
+    def read(self, n: int) -> bytes:
+        while not self._ended:
+            if self._buf is not None and self._pos < self._buf.n:
+                end = min(self._buf.n, self._pos + n)
+                data = bytes(self._buf.view[self._pos:end])
+                self._pos = end
+                return data
+            if self._buf is not None:
+                self._pool.put(self._buf)
+                self._buf = None
+            self._buf = self._pipe.get()
+            self._pos = 0
+            if self._buf is None:
+                self._ended = True
+        return b""
+
+
+def _first_buffer(source: HTTPSource) -> tuple[plumbing.Pool, plumbing.Buffer]:
+    pool = plumbing.Pool(IN_BUFFERS)
+    first = pool.get(threading.Event())
+    plumbing.fill(source.readinto, first)
+    return pool, first
+
+
+def _peek_head(first: plumbing.Buffer) -> tuple[str | None, bytes]:
+    """The compression kind and the first decompressed bytes, for inspection."""
+    kind = decompress.sniff(bytes(first.data[:8]))
+    if kind is None:
+        return None, bytes(first.data[:1 << 20])
+    data = bytes(first.data)
+    chunks = [data]
+    d = decompress.Decompressor(kind, lambda n: chunks.pop() if chunks else b"")
+    out = bytearray(1 << 20)
+    try:
+        n = d.readinto(memoryview(out))
+    except InvalidImage:
+        n = 0  # a short first buffer may end mid-stream; the full pass will judge
+    return kind, bytes(out[:n])
+
+
+def stream_image(source: HTTPSource, device: str, expected: Expected, *,
+                 progress: Progress | None = None,
+                 cancel_check: Callable[[], None] = lambda: None,
+                 options: StreamOptions | None = None) -> StreamReport:
+    """Write the image behind ``source`` onto ``device``; raise with the disk wiped."""
+    opts = options or StreamOptions()
+    progress = progress or Progress()
+    started = time.monotonic()
+    progress.update(phase="connect", unit="bytes")
+    source.open()
+    pool, first = _first_buffer(source)
+    kind, head = _peek_head(first)
+    if opts.inspect_head is not None:
+        opts.inspect_head(head, kind)   # raises before the disk is touched
+
+    writer = DeviceWriter(device, direct=opts.direct, zero_skip=opts.zero_skip,
+                          hash_output="sha256" if opts.verify_after_write else None)
+    attempt: _Attempt | None = None
+    try:
+        writer.begin()
+        checksum_failures = 0
+        while True:
+            attempt = _Attempt(source, writer, expected, first, pool)
+            stages = plumbing.Stages()
+            last_log = [time.monotonic()]
+
+            def tick(a: _Attempt = attempt, stamp: list[float] = last_log) -> None:
+                cancel_check()
+                _report(progress, source, a, writer, stamp)
+
+            try:
+                progress.update(phase="write", total=source.total)
+                attempt.run(stages)
+                stages.join(tick)
+            except RestartFromZero:
+                writer.rewind()
+                pool, first = _first_buffer(source)
+                continue
+            _report(progress, source, attempt, writer, last_log, force=True)
+            try:
+                expected.check(attempt.hasher.hexdigest())
+            except ImageChecksumError:
+                checksum_failures += 1
+                if checksum_failures > opts.checksum_retries:
+                    raise
+                LOG.warning("checksum mismatch; downloading the whole image once more")
+                source.reopen()
+                writer.rewind()
+                pool, first = _first_buffer(source)
+                continue
+            break
+        progress.update(phase="sync", done=0, total=None)
+        writer.finish_body()
+        writer.write_head()
+        verified = False
+        if opts.verify_after_write:
+            progress.update(phase="verify", done=0, total=writer.position)
+            verify_device(device, writer.position, writer.output_digest or "", progress,
+                          cancel_check)
+            verified = True
+    except BaseException as exc:
+        state = writer.abort()
+        LOG.error("image write to %s failed: %s; %s", device, exc, state)
+        if isinstance(exc, AgentError):
+            exc.details = f"{exc.details}; {state}"
+        raise
+    finally:
+        writer.close()
+        source.close()
+    return StreamReport(
+        device=device, image_bytes=writer.position, received_bytes=source.received,
+        compression=attempt.kind if attempt else None, digest=attempt.hasher.hexdigest()
+        if attempt else "", algo=expected.algo, seconds=round(time.monotonic() - started, 3),
+        write_path="O_DIRECT" if opts.direct else "buffered",
+        zero_path=writer.zero_path if opts.zero_skip else "write",
+        zeroed_bytes=writer.bytes_zeroed, resumes=source.resumes, restarts=source.restarts,
+        verified_after_write=verified)
+
+
+def _report(progress: Progress, source: HTTPSource, attempt: _Attempt, writer: DeviceWriter,
+            last_log: list[float], force: bool = False) -> None:
+    progress.update(done=source.received, total=source.total,
+                    bytes_received=source.received, bytes_written=writer.position,
+                    compression=attempt.kind)
+    now = time.monotonic()
+    if force or now - last_log[0] >= LOG_EVERY_S:
+        last_log[0] = now
+        snap = progress.snapshot()
+        LOG.info("image: received %d of %s bytes, written %d, %.1f MB/s",
+                 source.received, source.total or "?", writer.position,
+                 (snap.get("rate") or 0) / 1e6)
+
+
+def verify_device(device: str, length: int, digest: str, progress: Progress,
+                  cancel_check: Callable[[], None]) -> None:
+    """Re-read what was written with O_DIRECT, so the page cache cannot answer."""
+    h = hashlib.sha256()
+    buf = plumbing.Buffer(plumbing.BUFFER_SIZE)
+    fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+    try:
+        done = 0
+        while done < length:
+            cancel_check()
+            want = min(len(buf.view), length - done)
+            aligned = (want + 4095) // 4096 * 4096
+            n = os.preadv(fd, [buf.view[:aligned]], done)
+            if n <= 0:
+                raise ImageChecksumError(f"{device} ended at byte {done} while verifying")
+            n = min(n, want)
+            h.update(buf.view[:n])
+            done += n
+            progress.update(done=done)
+    finally:
+        os.close(fd)
+    if h.hexdigest() != digest:
+        raise ImageChecksumError(f"read-back verification of {device} failed: the disk holds "
+                                 "different bytes than were written")
