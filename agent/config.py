@@ -174,8 +174,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("disable_deep_image_inspection", parse_bool, False, "skip image format inspection"),
     S("enable_bios_bootloader_install", parse_bool, False,
       "permit running the image's grub-install (CVE-2026-43003)"),
+    S("image_direct_io", parse_bool, True,
+      "write images with O_DIRECT (measured faster; see bench/stream.py)"),
+    S("image_zero_skip", parse_bool, True,
+      "turn zero runs into no-fallback zero-out (punch hole) instead of writing them"),
     S("heartbeat_timeout", _number(float, 1), 300.0, "base of the heartbeat interval"),
     S("skip_bmc_detect", parse_bool, False, "do not probe the BMC"),
+    S("exit_on_stop", parse_bool, False,
+      "exit after lockdown instead of idling (tests; a ramdisk must not restart the agent)"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 BY_CMDLINE = {key: s for s in SETTINGS for key in s.cmdline}
@@ -235,7 +241,8 @@ def load(*, cmdline: str | None = None, cmdline_file: str | None = None,
             with open(cmdline_file, encoding="utf-8") as f:
                 text = f.read()
         except OSError as exc:
-            raise ConfigError(f"cannot read kernel command line file {cmdline_file}: {exc}") from None
+            raise ConfigError(
+                f"cannot read kernel command line file {cmdline_file}: {exc}") from None
     if text is None and read_proc:
         try:
             with open("/proc/cmdline", encoding="utf-8") as f:

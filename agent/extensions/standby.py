@@ -38,6 +38,13 @@ class StandbyExtension(Extension):
         spec = image_info.validate(params.get("image_info"),
                                    md5_allowed=self.config.md5_enabled)
         configdrive = params.get("configdrive", spec.raw.get("configdrive"))
+        node = params.get("node")
+        if node is not None and not isinstance(node, dict):
+            raise InvalidCommandParamsError("'node' must be an object")
+        if node is not None:
+            # additive: standalone callers pass root-device hints the way the
+            # conductor's step calls do
+            self.state.refresh_node(node)
         return {"spec": spec, "configdrive": configdrive,
                 "force": _flag(params, "force"),
                 "verify_after_write": _flag(params, "verify_after_write")

@@ -74,7 +74,7 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str | 
     if device is None:
         device, reason = choose_device(state)
     else:
-        reason = "given explicitly"
+        reason = "chosen by the caller"
     LOG.info("installing image %s on %s (%s)", spec.id, device, reason)
     from agent.imaging import blockdev
     blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
@@ -125,10 +125,11 @@ def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = No
         report = None
     else:
         state.written_image_id = None
-        report, reason = write_image(state, spec, device=device, progress=progress,
-                                     cancel_check=cancel_check,
-                                     options=StreamOptions(
-                                         verify_after_write=verify_after_write))
+        report, reason = write_image(
+            state, spec, device=device, progress=progress, cancel_check=cancel_check,
+            options=StreamOptions(direct=state.config.image_direct_io,
+                                  zero_skip=state.config.image_zero_skip,
+                                  verify_after_write=verify_after_write))
         record_whole_disk(state, spec, device)
     message = result_message(spec, device, state.partition_uuids)
     return {"message": message, "device": device, "device_reason": reason,

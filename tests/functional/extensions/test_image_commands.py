@@ -1,0 +1,184 @@
+"""prepare_image, cache_image and the write_image deploy step through the API."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+
+import pytest
+
+from agent import config as config_mod
+from agent.api import create_app
+from agent.commands import CommandRunner
+from agent.extensions import load_extensions
+from agent.state import AgentState
+from tests.conftest import requires_loop
+
+pytestmark = requires_loop
+MiB = 1 << 20
+
+
+@pytest.fixture
+def agent():
+    cfg = config_mod.load(cmdline="", env={}, flags={
+        "standalone": True, "include_loop_devices": True,
+        "image_download_connection_retry_interval": 0.01,
+        "image_download_connection_retries": 1, "disk_wait_attempts": 1})
+    state = AgentState(cfg)
+    runner = CommandRunner(load_extensions(state))
+    return state, create_app(state, runner).test_client()
+
+
+def gpt_image(tmp_path) -> bytes:
+    path = tmp_path / "img"
+    with open(path, "wb") as f:
+        f.truncate(8 * MiB)
+    subprocess.run(["sgdisk", "-n", "1:2048:0", str(path)], check=True, capture_output=True)
+    with open(path, "r+b") as f:
+        f.seek(440)
+        f.write(b"\x78\x56\x34\x12")
+        f.seek(2 * MiB)
+        f.write(os.urandom(MiB))
+    return path.read_bytes()
+
+
+def post(client, name, params, wait=True):
+    resp = client.post(f"/v1/commands/?wait={'true' if wait else 'false'}",
+                       json={"name": name, "params": params})
+    return resp.status_code, resp.get_json()
+
+
+def info(server, data, **extra):
+    server.files["img"] = data
+    return {"id": "img-1", "urls": [f"{server.url}/img"], "os_hash_algo": "sha256",
+            "os_hash_value": hashlib.sha256(data).hexdigest(), **extra}
+
+
+def node_for(dev):
+    return {"properties": {"root_device": {"name": dev}}}
+
+
+def test_prepare_image_writes_and_records_uuids(agent, image_server, loop_disk, tmp_path):
+    state, client = agent
+    data = gpt_image(tmp_path)
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": info(image_server, data), "node": node_for(loop_disk)})
+    assert status == 200, body
+    assert body["command_status"] == "SUCCEEDED", body["command_error"]
+    assert body["command_name"] == "prepare_image"
+    result = body["command_result"]
+    assert result["result"] == (f"prepare_image: image (img-1) written to device {loop_disk} "
+                                "root_uuid=0x12345678")
+    assert result["device_reason"]
+    with open(loop_disk, "rb") as f:
+        assert f.read(len(data)) == data
+    status, body = post(client, "standby.get_partition_uuids", {})
+    assert body["command_result"] == {"root uuid": "0x12345678"}
+
+
+def test_missing_urls_is_a_400_and_touches_nothing(agent, loop_disk):
+    _, client = agent
+    with open(loop_disk, "r+b") as f:
+        f.write(b"\xaa" * 512)
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": {"id": "x", "os_hash_algo": "sha256",
+                                        "os_hash_value": "0" * 64},
+                         "node": node_for(loop_disk)})
+    assert status == 400
+    assert body["faultstring"] == ("Invalid command parameters: Image is missing 'urls' "
+                                   "field.")
+    with open(loop_disk, "rb") as f:
+        assert f.read(512) == b"\xaa" * 512
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": {"id": "x", "urls": ["http://127.0.0.1:1/x"]}})
+    assert status == 400 and "checksum is not available" in body["faultstring"]
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": {"id": "x", "urls": ["http://127.0.0.1:1/x"],
+                                        "checksum": "abc"}})
+    assert status == 400 and "hexadecimal" in body["faultstring"]
+
+
+def test_write_image_step_result_shape(agent, image_server, loop_disk, tmp_path):
+    _, client = agent
+    data = gpt_image(tmp_path)
+    step = {"interface": "deploy", "step": "write_image",
+            "args": {"image_info": info(image_server, data), "configdrive": None}}
+    status, body = post(client, "deploy.execute_deploy_step",
+                        {"step": step, "node": node_for(loop_disk), "ports": [],
+                         "deploy_version": None})
+    assert status == 200 and body["command_status"] == "SUCCEEDED", body
+    assert body["command_result"]["deploy_step"] == step
+    assert body["command_result"]["deploy_result"]["result"].startswith(
+        "prepare_image: image (img-1) written to device")
+
+
+def test_write_image_step_with_bad_image_info_fails_the_step(agent, loop_disk):
+    _, client = agent
+    step = {"interface": "deploy", "step": "write_image",
+            "args": {"image_info": {"id": "x", "urls": []}}}
+    status, body = post(client, "deploy.execute_deploy_step",
+                        {"step": step, "node": node_for(loop_disk), "ports": []})
+    assert status == 200
+    assert body["command_status"] == "FAILED"
+    assert body["command_error"]["code"] == 400
+    assert "'urls' must be a list" in body["command_error"]["details"]
+
+
+def test_deploy_steps_list_write_image(agent):
+    _, client = agent
+    status, body = post(client, "deploy.get_deploy_steps", {"node": {}, "ports": []})
+    steps = [s for lst in body["command_result"]["deploy_steps"].values() for s in lst]
+    assert "write_image" in [s["step"] for s in steps]
+    assert "hardware_manager_version" in body["command_result"]
+
+
+def test_qcow2_is_refused_before_the_disk_is_touched(agent, image_server, loop_disk,
+                                                     tmp_path):
+    _, client = agent
+    qcow = tmp_path / "x.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow), "16M"], check=True,
+                   capture_output=True)
+    with open(loop_disk, "r+b") as f:
+        f.write(b"\xbb" * 4096)
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": info(image_server, qcow.read_bytes()),
+                         "node": node_for(loop_disk)})
+    assert body["command_status"] == "FAILED"
+    assert "qcow2" in body["command_error"]["details"]
+    with open(loop_disk, "rb") as f:
+        assert f.read(4096) == b"\xbb" * 4096
+
+
+def test_same_image_is_not_written_twice(agent, image_server, loop_disk, tmp_path):
+    _, client = agent
+    data = gpt_image(tmp_path)
+    params = {"image_info": info(image_server, data), "node": node_for(loop_disk)}
+    assert post(client, "standby.cache_image", params)[1]["command_status"] == "SUCCEEDED"
+    requests_before = len(image_server.log)
+    status, body = post(client, "standby.prepare_image", params)
+    assert body["command_status"] == "SUCCEEDED"
+    assert body["command_result"]["write"] is None
+    assert len(image_server.log) == requests_before
+    params["force"] = True
+    status, body = post(client, "standby.prepare_image", params)
+    assert body["command_result"]["write"]["image_bytes"] == len(data)
+
+
+def test_running_prepare_image_reports_progress(agent, image_server, loop_disk, tmp_path):
+    _, client = agent
+    data = gpt_image(tmp_path) + os.urandom(8 * MiB)
+    image_server.throttle_s = 0.02
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": info(image_server, data), "node": node_for(loop_disk)},
+                        wait=False)
+    assert body["command_status"] == "RUNNING"
+    seen = []
+    while body["command_status"] == "RUNNING":
+        if body.get("progress"):
+            seen.append(body["command_result"]["progress"]["done"])
+        time.sleep(0.1)
+        body = client.get(f"/v1/commands/{body['id']}").get_json()
+    assert body["command_status"] == "SUCCEEDED", body
+    assert len(set(seen)) >= 2 and seen == sorted(seen)
