@@ -28,6 +28,8 @@ class AgentState:
     stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
     on_stop: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     tool_report: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    # loaded once by agent.hardware.managers.get_managers
+    hardware_managers: list[Any] | None = None
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-BUFFER_SIZE = 4 << 20
+BUFFER_SIZE = 2 << 20
 _END = object()
 
 

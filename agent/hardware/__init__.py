@@ -1,0 +1,46 @@
+"""What the machine is, which disk to deploy to, and how to clean it.
+
+``find_install_disk`` is the entry point for imaging: it waits for disks,
+applies the node's root-device hints and skip list, and says why it chose
+the disk it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from agent.errors import DeviceNotFound
+
+LOG = logging.getLogger(__name__)
+
+
+def find_install_disk(state: Any, ctx: Any = None) -> tuple[Any, str]:
+    """(Disk, reason) for the cached node; raise DeviceNotFound after the disk wait."""
+    from agent.hardware import hints, managers
+
+    node = state.node or {}
+    # bad hints never get better by waiting: fail before the first attempt
+    hints.parse_hints(hints.hints_from_node(node))
+    hints.parse_skip_list(hints.skip_list_from_node(node))
+    attempts = max(1, int(state.config.disk_wait_attempts))
+    delay = float(state.config.disk_wait_delay)
+    last: DeviceNotFound | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            disk, reason = managers.dispatch(state, "get_os_install_device", node)
+            LOG.info("install disk %s: %s", disk.name, reason)
+            return disk, reason
+        except DeviceNotFound as exc:
+            last = exc
+        if attempt < attempts:
+            LOG.info("no install disk yet (attempt %d of %d): %s; waiting %.1fs", attempt,
+                     attempts, last.details, delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if ctx is not None:
+                    ctx.check_cancelled()
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    assert last is not None
+    raise last

@@ -1,0 +1,167 @@
+"""Safety checks run on every disk before any erase method touches any disk.
+
+A disk is refused when it is in use (mounted, swap, held by md/dm, or open
+by a process), read-only (unless the node says to skip those), or carries a
+shared-SAN filesystem — VMFS, GPFS or GFS2, by signature or by partition
+type — because erasing a LUN shared with other hosts destroys their data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterable
+
+from agent import tools
+from agent.errors import AgentError
+from agent.hardware import ptable, sysfs
+from agent.hardware.disks import Disk, Partition, list_partitions
+
+LOG = logging.getLogger(__name__)
+
+SHARED_FS_TYPES = {"vmfs": "VMFS", "vmfs_volume_member": "VMFS", "vmfs3": "VMFS",
+                   "gfs": "GFS", "gfs2": "GFS2", "gpfs": "GPFS"}
+SHARED_PART_TYPES = {
+    "AA31E02A-400F-11DB-9590-000C2911D1B8": "VMFS",
+    "9D275380-40AD-11DB-BF97-000C2911D1B8": "VMware vmkcore",
+    "9198EFFC-31C0-11DB-8F78-000C2911D1B8": "VMware reserved",
+    "37AFFC90-EF7D-4E96-91C3-2D7AE055B174": "IBM GPFS",
+    "0xfb": "VMFS", "0xfc": "VMware vmkcore",
+}
+
+
+def _devno_of(st_rdev: int) -> tuple[int, int]:
+    return os.major(st_rdev), os.minor(st_rdev)
+
+
+def mounted_devnos(root: str = "/") -> set[tuple[int, int]]:
+    text = sysfs.read_str(sysfs.path(root, "/proc/self/mountinfo")) or ""
+    found = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and ":" in fields[2]:
+            major, minor = fields[2].split(":", 1)
+            found.add((int(major), int(minor)))
+    return found
+
+
+def swap_devnos(root: str = "/") -> set[tuple[int, int]]:
+    text = sysfs.read_str(sysfs.path(root, "/proc/swaps")) or ""
+    found = set()
+    for line in text.splitlines()[1:]:
+        name = line.split()[0] if line.split() else ""
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if stat.S_ISBLK(st.st_mode):
+            found.add(_devno_of(st.st_rdev))
+    return found
+
+
+# udev re-probes every device closed after a write; those brief opens are
+# not users of the disk, and counting them would make erasure fail at random
+TRANSIENT_PROBERS = {"systemd-udevd", "udevd", "(udev-worker)"}
+
+
+def open_devnos(root: str = "/") -> dict[tuple[int, int], set[str]]:
+    """Block devices held open by any process: devno → {"pid (comm)", ...}.
+
+    /proc/1/fd and other processes' fds can be unreadable (namespaces,
+    hardening); those are skipped rather than failing the whole scan.
+    """
+    proc = sysfs.path(root, "/proc")
+    holders: dict[tuple[int, int], set[str]] = {}
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        fd_dir = os.path.join(proc, pid, "fd")
+        comm = sysfs.read_str(os.path.join(proc, pid, "comm")) or "?"
+        if comm in TRANSIENT_PROBERS:
+            continue
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if stat.S_ISBLK(st.st_mode):
+                holders.setdefault(_devno_of(st.st_rdev), set()).add(f"{pid} ({comm})")
+    return holders
+
+
+class UsageSnapshot:
+    """Mounts, swaps and open files, read once for a whole erase run."""
+
+    def __init__(self, root: str = "/") -> None:
+        self.mounted = mounted_devnos(root)
+        self.swaps = swap_devnos(root)
+        self.opened = open_devnos(root)
+
+
+def in_use_reasons(disk: Disk, parts: Iterable[Partition], usage: UsageSnapshot) -> list[str]:
+    reasons = []
+    nodes = [(disk.name, disk.devno, disk.sysfs_path)] + [
+        (p.name, p.devno, os.path.join(disk.sysfs_path, os.path.basename(p.name)))
+        for p in parts]
+    for name, devno, sys_dir in nodes:
+        if devno in usage.mounted:
+            reasons.append(f"{name} is mounted")
+        if devno in usage.swaps:
+            reasons.append(f"{name} is active swap")
+        holders = sysfs.listdir(os.path.join(sys_dir, "holders"))
+        if holders:
+            reasons.append(f"{name} is held by {', '.join(holders)}")
+        if devno in usage.opened:
+            reasons.append(f"{name} is open by process {', '.join(sorted(usage.opened[devno]))}")
+    return reasons
+
+
+def _probe(device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:
+    args: list[object] = ["-p", "-o", "export"]
+    if offset is not None:
+        args += ["-O", offset, "-S", size]
+    try:
+        out = tools.run("blkid", *args, device, ok_codes=(0, 2), timeout=60).stdout
+    except AgentError as exc:
+        LOG.warning("blkid could not probe %s: %s", device, exc)
+        return {}
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def shared_san_reasons(disk: Disk, parts: Iterable[Partition]) -> list[str]:
+    reasons = []
+    probes = [(disk.name, _probe(disk.name))]
+    probes += [(p.name, _probe(p.name)) for p in parts]
+    try:
+        entries = ptable.read_table(disk.name, disk.logical_sectors)
+    except OSError as exc:
+        LOG.warning("cannot read the partition table of %s: %s", disk.name, exc)
+        entries = []
+    for entry in entries:
+        label = SHARED_PART_TYPES.get(entry.type_code)
+        if label:
+            reasons.append(f"partition {entry.number} of {disk.name} has the {label} "
+                           f"partition type {entry.type_code}")
+        # the kernel may not expose the partition: probe its range on the disk itself
+        probes.append((f"{disk.name} partition {entry.number}",
+                       _probe(disk.name, entry.start, entry.size)))
+    for where, found in probes:
+        fstype = (found.get("TYPE") or "").lower()
+        if fstype in SHARED_FS_TYPES:
+            reasons.append(f"{where} carries a {SHARED_FS_TYPES[fstype]} signature "
+                           f"({found['TYPE']})")
+    return reasons
+
+
+def refusal_reasons(disk: Disk, usage: UsageSnapshot, *, guard_shared: bool) -> list[str]:
+    """Every reason ``disk`` must not be erased (empty: safe to erase)."""
+    parts = list_partitions(disk)
+    reasons = in_use_reasons(disk, parts, usage)
+    if guard_shared:
+        reasons += shared_san_reasons(disk, parts)
+    return reasons

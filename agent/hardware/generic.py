@@ -1,0 +1,77 @@
+"""The generic hardware manager: inventory, install disk and the erase steps.
+
+It supports every machine at the lowest level, so vendor managers loaded
+through the entry-point group take precedence for anything they implement.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agent.hardware import disks, erase, hints, inventory, managers
+from agent.hardware.erase_base import options_from_node
+
+LOG = logging.getLogger(__name__)
+
+
+def _step(name: str, priority: int, *, abortable: bool = True) -> dict[str, Any]:
+    return {"step": name, "priority": priority, "interface": "deploy",
+            "reboot_requested": False, "abortable": abortable}
+
+
+class GenericHardwareManager(managers.HardwareManager):
+    NAME = "generic_hardware_manager"
+    # bump whenever the step set or a priority changes (reference §4.3)
+    VERSION = "1.0"
+
+    def evaluate_hardware_support(self) -> int:
+        return managers.SupportLevel.GENERIC
+
+    # -- discovery ------------------------------------------------------------------
+    def list_block_devices(self) -> list[disks.Disk]:
+        return disks.list_disks(include_loop=bool(self.config.include_loop_devices))
+
+    def list_hardware_info(self) -> dict[str, Any]:
+        return inventory.collect(self.config,
+                                 disk_lister=lambda: managers.list_disks(self.state))
+
+    def get_os_install_device(self, node: Any = None) -> tuple[disks.Disk, str]:
+        node = node if node is not None else self.state.node
+        return hints.select_root_device(managers.list_disks(self.state),
+                                        hints.hints_from_node(node),
+                                        hints.skip_list_from_node(node))
+
+    # -- steps ----------------------------------------------------------------------
+    def get_clean_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        return [_step("erase_devices_metadata", 99), _step("erase_devices", 10),
+                _step("erase_devices_express", 0)]
+
+    def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        step = _step("erase_devices_metadata", 0)
+        del step["abortable"]
+        return [step]
+
+    def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        return []
+
+    def _options(self, node: Any) -> Any:
+        return options_from_node(node, discard=bool(self.config.enable_discard_erase))
+
+    def erase_devices_metadata(self, node: Any, ports: Any, ctx: Any = None) -> dict[str, Any]:
+        options = self._options(node)
+        return erase.erase_devices_metadata(
+            managers.list_disks(self.state), node, options, ctx,
+            guard_shared=bool(self.config.guard_special_filesystems))
+
+    def erase_devices(self, node: Any, ports: Any, ctx: Any = None) -> dict[str, Any]:
+        options = self._options(node)
+        return erase.erase_devices(
+            managers.list_disks(self.state), node, options, ctx,
+            guard_shared=bool(self.config.guard_special_filesystems))
+
+    def erase_devices_express(self, node: Any, ports: Any, ctx: Any = None) -> dict[str, Any]:
+        options = self._options(node)
+        return erase.erase_devices_express(
+            managers.list_disks(self.state), node, options, ctx,
+            guard_shared=bool(self.config.guard_special_filesystems))
