@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from agent.errors import DeviceNotFound, InvalidImage
+from agent.errors import InvalidImage
 from agent.imaging import checksum, image_info
 from agent.imaging.source import HTTPSource, fetch_text
 from agent.imaging.stream import StreamOptions, StreamReport, stream_image
@@ -59,24 +59,14 @@ def make_source(spec: image_info.ImageSpec, state: AgentState,
                       verify=not cfg.insecure, cancel_check=cancel_check)
 
 
-def read_mbr_signature(device: str) -> str:
-    with open(device, "rb") as f:
-        f.seek(440)
-        return "0x%08x" % int.from_bytes(f.read(4), "little")
-
-
-def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str | None = None,
+def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
                 progress: Progress | None = None,
                 cancel_check: Callable[[], None] = lambda: None,
                 options: StreamOptions | None = None) -> tuple[StreamReport, str]:
-    """Stream the image onto the install disk; return the report and why that disk."""
-    cfg = state.config
-    if device is None:
-        device, reason = choose_device(state)
-    else:
-        reason = "chosen by the caller"
-    LOG.info("installing image %s on %s (%s)", spec.id, device, reason)
+    """Stream a whole-disk image onto ``device`` after checking it is safe to."""
     from agent.imaging import blockdev
+    cfg = state.config
+    LOG.info("installing image %s on %s", spec.id, device)
     blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
     expected = checksum.resolve(
         spec, cfg.md5_enabled,
@@ -85,18 +75,10 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str | 
     opts = options or StreamOptions()
     if opts.inspect_head is None:
         opts.inspect_head = refuse_non_raw
-    source = make_source(spec, state, cancel_check)
-    report = stream_image(source, device, expected, progress=progress,
-                          cancel_check=cancel_check, options=opts)
+    report = stream_image(make_source(spec, state, cancel_check), device, expected,
+                          progress=progress, cancel_check=cancel_check, options=opts)
     LOG.info("image %s written to %s: %s", spec.id, device, report.as_dict())
-    return report, reason
-
-
-def record_whole_disk(state: AgentState, spec: image_info.ImageSpec, device: str) -> str:
-    root_uuid = read_mbr_signature(device)
-    state.partition_uuids = {"root uuid": root_uuid}
-    state.written_image_id = spec.id
-    return root_uuid
+    return report, device
 
 
 def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any]) -> str:
@@ -106,8 +88,78 @@ def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any
     return msg
 
 
-__all__ = ["DeviceNotFound", "choose_device", "record_whole_disk", "result_message",
-           "write_image"]
+
+
+def _configdrive_bytes(state: AgentState, value: Any) -> bytes | None:
+    from agent.imaging import configdrive
+    return configdrive.decode_configdrive(
+        value, timeout=state.config.image_download_connection_timeout)
+
+
+def _stream_options(state: AgentState, verify: bool) -> StreamOptions:
+    return StreamOptions(direct=state.config.image_direct_io,
+                         zero_skip=state.config.image_zero_skip, verify_after_write=verify)
+
+
+def _finish_whole_disk(state: AgentState, device: str, data: bytes | None
+                       ) -> dict[str, Any]:
+    """After the image: backup GPT to the disk end, kernel re-read, config drive."""
+    from agent.imaging import configdrive, partition_edit, partition_table, reread
+    table = partition_table.read_table(device)
+    steps: dict[str, Any] = {"table": table.kind}
+    if table.kind == "gpt" and table.backup_misplaced:
+        # growpart and the firmware both expect the backup header at the very end
+        partition_edit.relocate_backup(device)
+        steps["backup_gpt_relocated"] = True
+    steps["reread"] = reread.reread(device).method
+    if data is not None:
+        steps["configdrive"] = configdrive.write_configdrive(device, data)
+    state.partition_uuids = {"root uuid": partition_table.mbr_disk_signature(device)}
+    return steps
+
+
+def _partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
+                     data: bytes | None, progress: Progress | None,
+                     cancel_check: Callable[[], None], verify: bool) -> dict[str, Any]:
+    import platform
+
+    from agent.imaging import blockdev, configdrive, partition_image
+    raw = spec.raw
+    node = state.node or {}
+    cpu_arch = (node.get("properties") or {}).get("cpu_arch") or platform.machine()
+    layout_args = {
+        "root_mb": _int(raw, "root_mb"), "swap_mb": _int(raw, "swap_mb"),
+        "ephemeral_mb": _int(raw, "ephemeral_mb"),
+        "boot_mode": raw.get("deploy_boot_mode") or "bios",
+        "disk_label": raw.get("disk_label"), "cpu_arch": cpu_arch,
+        "configdrive_size": len(data) if data else 0}
+    partition_image.plan_layout(**layout_args)   # refuse bad sizes before touching the disk
+    blockdev.check_target(device, allow_loop=state.config.include_loop_devices)
+    layout = partition_image.create_layout(
+        device, ephemeral_format=raw.get("ephemeral_format"),
+        preserve_ephemeral=bool(raw.get("preserve_ephemeral")), **layout_args)
+    expected = checksum.resolve(
+        spec, state.config.md5_enabled,
+        lambda url: fetch_text(url, timeout=state.config.image_download_connection_timeout,
+                               headers=spec.headers, auth=spec.auth))
+    opts = _stream_options(state, verify)
+    opts.inspect_head = refuse_non_raw
+    report = stream_image(make_source(spec, state, cancel_check), layout["root"], expected,
+                          progress=progress, cancel_check=cancel_check, options=opts)
+    steps: dict[str, Any] = {"write": report.as_dict(), "partitions": layout}
+    if data is not None:
+        steps["configdrive"] = configdrive.write_configdrive(
+            device, data, partition=layout["configdrive"])
+    state.partition_uuids = partition_image.partition_uuids(layout)
+    return steps
+
+
+def _int(raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key) or 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidImage(f"image_info {key} must be an integer, got {value!r}") from None
 
 
 def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = None, *,
@@ -115,22 +167,30 @@ def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = No
             force: bool = False, verify_after_write: bool = False,
             write_configdrive: bool = True) -> dict[str, Any]:
     """prepare_image / cache_image / write_image: the image, then the config drive."""
-    if spec.is_partition_image:
-        raise InvalidImage("partition images (image_type=partition) are not supported yet")
+    # decode (and download) the config drive before the disk is touched
+    data = _configdrive_bytes(state, configdrive) if write_configdrive else None
     device, reason = choose_device(state)
-    if not force and state.written_image_id == spec.id and state.partition_uuids:
+    outcome: dict[str, Any] = {"device": device, "device_reason": reason, "write": None}
+    if spec.is_partition_image:
+        state.written_image_id = None
+        outcome.update(_partition_image(state, spec, device, data, progress, cancel_check,
+                                        verify_after_write))
+        state.written_image_id = spec.id
+    elif not force and state.written_image_id == spec.id and state.partition_uuids:
         # a conductor retry after a lost response must not rewrite the disk
         LOG.info("image %s already written to %s by this agent; not writing it again",
                  spec.id, device)
-        report = None
+        if data is not None:
+            outcome.update(_finish_whole_disk(state, device, data))
     else:
         state.written_image_id = None
-        report, reason = write_image(
-            state, spec, device=device, progress=progress, cancel_check=cancel_check,
-            options=StreamOptions(direct=state.config.image_direct_io,
-                                  zero_skip=state.config.image_zero_skip,
-                                  verify_after_write=verify_after_write))
-        record_whole_disk(state, spec, device)
-    message = result_message(spec, device, state.partition_uuids)
-    return {"message": message, "device": device, "device_reason": reason,
-            "write": report.as_dict() if report else None}
+        report, _ = write_image(state, spec, device=device, progress=progress,
+                                cancel_check=cancel_check,
+                                options=_stream_options(state, verify_after_write))
+        outcome["write"] = report.as_dict()
+        if progress is not None:
+            progress.update(phase="configdrive" if data else "partitions", done=0, total=None)
+        outcome.update(_finish_whole_disk(state, device, data))
+        state.written_image_id = spec.id
+    outcome["message"] = result_message(spec, device, state.partition_uuids)
+    return outcome

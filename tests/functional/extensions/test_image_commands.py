@@ -13,6 +13,7 @@ from agent import config as config_mod
 from agent.api import create_app
 from agent.commands import CommandRunner
 from agent.extensions import load_extensions
+from agent.imaging.partition_table import read_table
 from agent.state import AgentState
 from tests.conftest import requires_loop
 
@@ -72,8 +73,13 @@ def test_prepare_image_writes_and_records_uuids(agent, image_server, loop_disk, 
     assert result["result"] == (f"prepare_image: image (img-1) written to device {loop_disk} "
                                 "root_uuid=0x12345678")
     assert result["device_reason"]
+    assert result["backup_gpt_relocated"] is True   # 8 MiB image on a 256 MiB disk
     with open(loop_disk, "rb") as f:
-        assert f.read(len(data)) == data
+        disk = f.read(len(data))
+    assert disk[2 * MiB:3 * MiB] == data[2 * MiB:3 * MiB]
+    assert disk[:440] == data[:440]                    # boot code untouched
+    table = read_table(loop_disk)
+    assert table.ok and not table.backup_misplaced
     status, body = post(client, "standby.get_partition_uuids", {})
     assert body["command_result"] == {"root uuid": "0x12345678"}
 
@@ -176,9 +182,71 @@ def test_running_prepare_image_reports_progress(agent, image_server, loop_disk, 
     assert body["command_status"] == "RUNNING"
     seen = []
     while body["command_status"] == "RUNNING":
-        if body.get("progress"):
+        if body.get("progress", {}).get("phase") == "write":
             seen.append(body["command_result"]["progress"]["done"])
         time.sleep(0.1)
         body = client.get(f"/v1/commands/{body['id']}").get_json()
     assert body["command_status"] == "SUCCEEDED", body
     assert len(set(seen)) >= 2 and seen == sorted(seen)
+
+
+def _partition_bytes(dev: str, part) -> bytes:
+    with open(dev, "rb") as f:
+        f.seek(part.start_bytes)
+        return f.read(part.size_bytes)
+
+
+def test_whole_disk_with_json_configdrive(agent, image_server, loop_disk, tmp_path):
+    from agent.imaging.configdrive_build import iso_files, iso_label
+    _, client = agent
+    data = gpt_image(tmp_path)
+    meta = {"uuid": "7b1d5c0e", "hostname": "deployed-by-test"}
+    drive = {"meta_data": meta, "user_data": "#cloud-config\n",
+             "network_data": {"links": []}}
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": info(image_server, data), "configdrive": drive,
+                         "node": node_for(loop_disk)})
+    assert body["command_status"] == "SUCCEEDED", body["command_error"]
+    placed = body["command_result"]["configdrive"]
+    assert placed["created"] is True and placed["filesystem"] == "iso9660"
+    table = read_table(loop_disk)
+    part = next(p for p in table.partitions if p.name == "config-v2")
+    iso = _partition_bytes(loop_disk, part)
+    assert iso_label(iso).lower() == "config-2"
+    files = iso_files(iso[:placed["size"]])
+    import json
+    assert json.loads(files["openstack/latest/meta_data.json"]) == meta
+    assert files["openstack/latest/user_data"] == b"#cloud-config\n"
+
+
+def test_partition_image_uefi(agent, image_server, make_loop, tmp_path):
+    _, client = agent
+    loop_disk = make_loop(700 * MiB)      # the ESP alone is 550 MiB
+    root = tmp_path / "root.ext4"
+    with open(root, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-U", "8a4f2c1e-0b7e-4d37-9c52-3e0f6f0a1b2c",
+                    str(root)], check=True)
+    params = {"image_info": info(image_server, root.read_bytes(), image_type="partition",
+                                 root_mb=32, deploy_boot_mode="uefi", disk_label="gpt"),
+              "node": node_for(loop_disk)}
+    status, body = post(client, "standby.prepare_image", params)
+    assert body["command_status"] == "SUCCEEDED", body["command_error"]
+    status, body = post(client, "standby.get_partition_uuids", {})
+    uuids = body["command_result"]
+    assert uuids["root uuid"] == "8a4f2c1e-0b7e-4d37-9c52-3e0f6f0a1b2c"
+    assert uuids["efi system partition uuid"]
+    assert set(uuids["partitions"]) == {"root", "efi system partition"}
+
+
+def test_bad_partition_sizes_fail_before_the_disk_is_touched(agent, image_server, loop_disk):
+    _, client = agent
+    with open(loop_disk, "r+b") as f:
+        f.write(b"\xcc" * 4096)
+    params = {"image_info": info(image_server, b"x" * 4096, image_type="partition",
+                                 root_mb=-5), "node": node_for(loop_disk)}
+    status, body = post(client, "standby.prepare_image", params)
+    assert body["command_status"] == "FAILED"
+    assert "root_mb" in body["command_error"]["details"]
+    with open(loop_disk, "rb") as f:
+        assert f.read(4096) == b"\xcc" * 4096

@@ -1,0 +1,12 @@
+"""Making a written disk bootable: UEFI NVRAM entries, opt-in BIOS grub, ppc64le PReP.
+
+``install_bootloader`` (in ``install``) is the entry point; the modules below
+it each do one thing: ``devices`` finds partitions, ``mounts`` mounts and
+always unmounts, ``loaders`` reads an ESP tree, ``efibootmgr`` writes NVRAM,
+``uefi`` composes those, ``chroot`` prepares the image's root for its own
+programs, and ``grub_bios`` / ``prep`` run the image's grub (opt-in only).
+"""
+
+from agent.imaging.bootloader.install import CVE_MESSAGE, Outcome, Request, install_bootloader
+
+__all__ = ["CVE_MESSAGE", "Outcome", "Request", "install_bootloader"]

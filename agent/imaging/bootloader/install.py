@@ -1,0 +1,138 @@
+"""``image.install_bootloader``: make the written disk bootable (reference §7).
+
+1. UEFI NVRAM path, when the ramdisk booted under UEFI and efibootmgr exists:
+   register the loaders the image put on its ESP.  Nothing from the image runs.
+2. A null root UUID or an MBR disk signature means a whole-disk image that
+   carries its own boot loader: done.
+3. Otherwise the GRUB path, which runs the image's own grub as root and is
+   therefore opt-in (``enable_bios_bootloader_install``, CVE-2026-43003):
+   BIOS grub on x86, or grub in the PReP partition on ppc64le.
+
+``ignore_failure`` turns a failed path into a logged warning, as IPA's
+``ignore_bootloader_failure`` does; cancellation is never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from typing import Any
+
+from agent.errors import AgentError, Cancelled, CommandExecutionError, DeviceNotFound, InvalidImage
+from agent.imaging.bootloader import devices, grub_bios, prep, uefi
+
+LOG = logging.getLogger(__name__)
+
+CVE_MESSAGE = ("Install of legacy BIOS bootloaders disabled by "
+               "CONF.enable_bios_bootloader_install as part of CVE-2026-43003 mitigation.")
+# §7 failure types; anything else is reported as CommandExecutionError
+PASS_THROUGH = (CommandExecutionError, DeviceNotFound, InvalidImage)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    root_uuid: str | None = None
+    efi_system_part_uuid: str | None = None
+    prep_boot_part_uuid: str | None = None
+    target_boot_mode: str = "bios"
+    ignore_failure: bool = False
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What was done, for the log and for tests; the command itself returns null."""
+
+    disk: str
+    path: str                      # 'uefi', 'whole-disk', 'grub-bios', 'prep', 'ignored'
+    uefi: uefi.UefiOutcome | None = None
+    ignored: list[str] = dataclasses.field(default_factory=list)
+
+
+def install_bootloader(state: Any, request: Request, *, ctx: Any = None,
+                       arch: str | None = None) -> Outcome:
+    """Run §7 for ``request`` on the install disk chosen by the node's root-device hints."""
+    from agent.hardware import find_install_disk
+
+    arch = arch or platform.machine()
+    disk, reason = find_install_disk(state, ctx)
+    LOG.info("installing the boot loader on %s (%s): %s", disk.name, reason, request)
+    outcome = Outcome(disk=disk.name, path="")
+    _phase(ctx, "uefi")
+    if uefi.nvram_available() and not arch.startswith("ppc64"):
+        if request.target_boot_mode != "uefi":
+            LOG.warning("the ramdisk booted in UEFI mode but the node's target boot mode is "
+                        "%s; creating UEFI boot entries anyway", request.target_boot_mode)
+        try:
+            outcome.uefi = uefi.setup(disk.name, request.efi_system_part_uuid, arch=arch)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported or ignored alike
+            _fail_or_ignore(exc, request, outcome, "UEFI boot entries")
+        if outcome.uefi is not None:
+            outcome.path = "uefi"
+            return outcome
+    elif request.target_boot_mode == "uefi":
+        LOG.warning("target boot mode is UEFI but the ramdisk %s; no NVRAM boot entries can "
+                    "be created", "has no efibootmgr" if uefi.efi_booted()
+                    else "booted in legacy BIOS mode")
+    _check_cancelled(ctx)
+    if devices.is_whole_disk_id(request.root_uuid):
+        LOG.info("root UUID %s: a whole-disk image with its own boot loader; nothing more to do",
+                 request.root_uuid)
+        outcome.path = outcome.path or "whole-disk"
+        return outcome
+    if not state.config.enable_bios_bootloader_install:
+        _fail_or_ignore(InvalidImage(CVE_MESSAGE), request, outcome, "the GRUB path")
+        outcome.path = "ignored"
+        return outcome
+    _phase(ctx, "grub")
+    try:
+        outcome.path = _grub_path(disk.name, request, arch)
+    except Exception as exc:  # noqa: BLE001
+        _fail_or_ignore(exc, request, outcome, "the GRUB path")
+        outcome.path = "ignored"
+    return outcome
+
+
+def _grub_path(disk: str, request: Request, arch: str) -> str:
+    view = devices.DiskView(disk)
+    assert request.root_uuid is not None
+    root_device = devices.find_root(view, request.root_uuid)
+    if arch.startswith("ppc64"):
+        prep.install(view, root_device, request.prep_boot_part_uuid)
+        return "prep"
+    if request.target_boot_mode == "uefi":
+        raise CommandExecutionError(
+            f"the EFI system partition on {disk} holds no boot loader, and installing one from "
+            "the image's grub for UEFI is not supported; use an image whose ESP (or "
+            "whole-disk image) carries its own loader")
+    grub_bios.install(disk, root_device, arch=arch)
+    return "grub-bios"
+
+
+def _fail_or_ignore(exc: BaseException, request: Request, outcome: Outcome, what: str) -> None:
+    if isinstance(exc, Cancelled):
+        raise exc
+    error = exc if isinstance(exc, PASS_THROUGH) else _wrap(exc, what)
+    if not request.ignore_failure:
+        if error is exc:
+            raise exc
+        raise error from exc
+    LOG.warning("ignoring a boot loader failure in %s (ignore_bootloader_failure): %s", what,
+                error.details)
+    outcome.ignored.append(f"{what}: {error.details}")
+
+
+def _wrap(exc: BaseException, what: str) -> CommandExecutionError:
+    detail = exc.details if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
+    return CommandExecutionError(f"{what} failed: {detail}")
+
+
+def _phase(ctx: Any, phase: str) -> None:
+    if ctx is not None:
+        ctx.progress.update(phase=f"install_bootloader: {phase}", unit="steps")
+        ctx.check_cancelled()
+
+
+def _check_cancelled(ctx: Any) -> None:
+    if ctx is not None:
+        ctx.check_cancelled()

@@ -1,0 +1,354 @@
+"""The one place that builds and runs qemu-img command lines.
+
+Images are described to qemu-img as ``json:`` block-graph filenames rather
+than plain paths, for three reasons: the source format is always explicit (a
+``driver`` key plus a matching ``-f``, so qemu never probes), every format node
+carries ``"backing": null`` so no header can make qemu open a host file
+(dotted ``--image-opts`` can only say ``backing=``, which qemu 7.2 deprecates),
+and paths need no comma escaping.  The raw driver's ``offset``/``size`` keys,
+layered over a format node or under it, select byte ranges: a slice of the
+guest disk, or a staging area inside a block device.
+
+Every run happens under an address-space cap and ``MALLOC_ARENA_MAX``, in the
+C locale so stderr can be recognised; a transient out-of-memory failure is
+retried a bounded number of times; any failure becomes an AgentError whose
+details tell the operator what went wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import resource
+import selectors
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import tools
+from agent.errors import (
+    AgentError,
+    ImageDownloadError,
+    ImageWriteError,
+    InvalidImage,
+    ToolError,
+)
+
+LOG = logging.getLogger(__name__)
+
+TOOL = "qemu-img"
+# measured with qemu-img 7.2: peak VmSize stays under 300 MiB with two arenas and
+# up to 44 worker threads; 1 GiB leaves room and still stops a runaway
+ADDRESS_SPACE_LIMIT = 1 << 30
+ENV = {"MALLOC_ARENA_MAX": "2", "LC_ALL": "C"}
+ENOMEM_ATTEMPTS = 3
+ENOMEM_DELAY_S = 2.0
+INFO_TIMEOUT_S = 120.0
+STDERR_KEEP = 16 * 1024
+
+Node = dict[str, Any]
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+_ENOMEM = re.compile(r"Cannot allocate memory|failed to allocate|"
+                     r"qemu_thread_create: Resource temporarily unavailable")
+
+
+# --- block graph ----------------------------------------------------------------------
+
+def protocol_node(path: str, *, direct: bool = True) -> Node:
+    """The node that reads or writes ``path``: a block device, a file or an http(s) URL.
+
+    ``direct`` asks for O_DIRECT on block devices so multi-GiB images do not
+    fill the page cache of a ramdisk; regular files keep the page cache.
+    """
+    scheme = path.split("://", 1)[0].lower() if "://" in path else ""
+    if scheme in ("http", "https"):
+        return {"driver": scheme, "url": path}
+    if stat.S_ISBLK(os.stat(path).st_mode):
+        node: Node = {"driver": "host_device", "filename": path}
+        if direct:
+            node["cache"] = {"direct": True}
+        return node
+    return {"driver": "file", "filename": path}
+
+
+def window(node: Node, offset: int, size: int | None = None) -> Node:
+    """Bytes ``offset .. offset+size`` of ``node`` as a raw image of their own."""
+    out: Node = {"driver": "raw", "offset": int(offset), "file": node}
+    if size is not None:
+        out["size"] = int(size)
+    return out
+
+
+def image_node(path: str, fmt: str, *, offset: int = 0, size: int | None = None,
+               direct: bool = True) -> Node:
+    """An image of qemu format ``fmt`` stored at ``path`` (bytes ``offset..+size``)."""
+    proto = protocol_node(path, direct=direct)
+    if offset or size is not None:
+        proto = window(proto, offset, size)
+    return {"driver": fmt, "backing": None, "file": proto}
+
+
+def device_node(device: str, *, offset: int = 0, size: int | None = None,
+                direct: bool = True) -> Node:
+    """The raw target: ``device``, or bytes ``offset..+size`` of it."""
+    return window(protocol_node(device, direct=direct), offset, size)
+
+
+def filename(node: Node) -> str:
+    return "json:" + json.dumps(node, separators=(",", ":"))
+
+
+# --- running --------------------------------------------------------------------------
+
+def _limits(address_space: int) -> Callable[[], None]:
+    def apply() -> None:
+        # runs in the child between fork and exec: nothing here may take a lock
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    return apply
+
+
+def _last_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "warning:" not in ln] or lines
+    return errors[-1].removeprefix("qemu-img: ")[:500] if errors else ""
+
+
+def _without_names(stderr: str) -> str:
+    # a path like /images/corrupt-test.qcow2 must not decide what went wrong
+    return re.sub(r"Could not open '.*?': ", "", stderr)
+
+
+_EXPLAIN: tuple[tuple[str, type[AgentError], str], ...] = (
+    (_ENOMEM.pattern, ToolError,
+     "qemu-img ran out of memory under the agent's limits (address space {cap} MiB); "
+     "free memory on the node or use a smaller image"),
+    (r"output file is smaller than input file", InvalidImage,
+     "the image's virtual size is larger than the space it is being written to"),
+    (r"The sum of offset \((\d+)\) and size \((\d+)\) has to be smaller or equal", ToolError,
+     "the byte range {1}+{2} reaches past the end of its device or file; the staged "
+     "image or the target is smaller than expected"),
+    (r"Image is not in (\S+) format", InvalidImage,
+     "the image is not a valid {1} image; check the image's disk_format"),
+    (r"Could not open backing file", InvalidImage,
+     "the image refers to a backing file; only self-contained images can be deployed"),
+    (r"encrypt|key-secret", InvalidImage,
+     "the image is encrypted; encrypted images cannot be deployed"),
+    (r"error while writing at byte (\d+): (.+)", ImageWriteError,
+     "writing to the target failed at byte {1} ({2}); check the disk and the kernel log"),
+    (r"error while reading at byte (\d+): (.+)", ImageWriteError,
+     "reading the image failed at byte {1} ({2}); the staged copy may be damaged"),
+    (r"No space left on device", ImageWriteError,
+     "the target ran out of space"),
+    (r"Failed to get \"(\w+)\" lock", ToolError,
+     "another process holds a lock on the image or device; make sure nothing else uses it"),
+    (r"Device or resource busy", ToolError,
+     "the device is busy: unmount it and stop whatever holds it open"),
+    (r"Permission denied", ToolError,
+     "permission denied opening the image or the device"),
+    (r"No such file or directory", ToolError,
+     "the image or the device does not exist"),
+    (r"Server does not support 'range'", ImageDownloadError,
+     "the image server does not support HTTP Range requests, which qemu-img's HTTP "
+     "driver needs"),
+    (r"CURL: .*returned error: (\d+)", ImageDownloadError,
+     "the image server answered HTTP {1}"),
+    (r"CURL: (?:Error opening file: )?(.+)", ImageDownloadError,
+     "qemu-img could not read the image over HTTP: {1}"),
+    (r"does not support the option|Parameter '[^']*' (?:is unexpected|expects)|"
+     r"driver requires .* to be a", ToolError,
+     "the agent built qemu-img options this qemu-img rejects (please report this)"),
+    (r"Invalid argument", ToolError,
+     "the device or file refused the request (Invalid argument); it may not support "
+     "direct I/O or the requested alignment"),
+    (r"[Cc]orrupt|Could not read|[Ii]nvalid|[Uu]nsupported", InvalidImage,
+     "the image is corrupt or uses a feature this qemu-img does not support"),
+    (r"Input/output error", ImageWriteError,
+     "an I/O error occurred; check the disk and the kernel log"),
+)
+
+
+def explain(stderr: str, returncode: int | None, *, address_space: int = ADDRESS_SPACE_LIMIT,
+            action: str = "qemu-img") -> AgentError:
+    """Turn qemu-img's exit into an error an operator can act on."""
+    said = _last_line(stderr)
+    reason = _without_names(stderr)
+    cls: type[AgentError] = ToolError
+    for pattern, kind, text in _EXPLAIN:
+        m = re.search(pattern, reason)
+        if m:
+            cls = kind
+            advice = text.format(*([m.group(0), *m.groups()]), cap=address_space >> 20)
+            break
+    else:
+        if returncode is not None and returncode < 0:
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() \
+                else str(-returncode)
+            advice = f"qemu-img was killed by {name}"
+            if returncode == -signal.SIGKILL:
+                advice += " (often the kernel's out-of-memory killer; see dmesg)"
+        else:
+            advice = f"qemu-img failed with exit code {returncode}"
+    details = f"{action}: {advice}" + (f" (qemu-img said: {said})" if said else "")
+    if cls is ToolError:
+        return ToolError(details, tool=TOOL, returncode=returncode, stderr=stderr[-2000:])
+    return cls(details)
+
+
+def info(source: Node | str, fmt: str | None = None, *, timeout: float = INFO_TIMEOUT_S,
+         address_space: int = ADDRESS_SPACE_LIMIT) -> dict[str, Any]:
+    """``qemu-img info --output=json`` of a node, or of ``source`` read as ``fmt``."""
+    if isinstance(source, str):
+        if not fmt:
+            raise ValueError("qemu_img.info needs an explicit format for a path")
+        source = image_node(source, fmt)
+    argv = ["info", "--output=json", "-f", source["driver"], filename(source)]
+    for attempt in range(1, ENOMEM_ATTEMPTS + 1):
+        proc = tools.run(TOOL, *argv, timeout=timeout, check=False, env=ENV,
+                         preexec_fn=_limits(address_space))
+        if proc.returncode == 0:
+            try:
+                data = json.loads(proc.stdout)
+            except ValueError as exc:
+                raise ToolError(f"qemu-img info printed invalid JSON: {exc}",
+                                tool=TOOL) from exc
+            if not isinstance(data, dict) or "virtual-size" not in data:
+                raise ToolError("qemu-img info did not report a virtual size", tool=TOOL)
+            return data
+        if not (_ENOMEM.search(proc.stderr) and attempt < ENOMEM_ATTEMPTS):
+            raise explain(proc.stderr, proc.returncode, address_space=address_space,
+                          action="reading the image header")
+        time.sleep(ENOMEM_DELAY_S)
+    raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    peak_rss_bytes: int
+    elapsed_s: float
+    attempts: int
+
+
+def convert(source: Node, target: Node, *, progress: Callable[[float], None] | None = None,
+            cancel_check: Callable[[], None] | None = None, parallel: int | None = None,
+            out_of_order: bool = False, force_share: bool = False,
+            timeout: float | None = None, address_space: int = ADDRESS_SPACE_LIMIT,
+            attempts: int = ENOMEM_ATTEMPTS, retry_delay: float = ENOMEM_DELAY_S,
+            action: str = "converting the image") -> ConvertResult:
+    """Copy the guest bytes of ``source`` onto the existing ``target`` (both nodes).
+
+    ``progress`` gets qemu-img's percentage (0-100) as it advances.
+    ``cancel_check`` is polled at least twice a second and may raise to stop
+    qemu-img.  ``force_share`` (-U) lets the source share a device the target
+    also opens (a staging area on the target disk).  Rewriting the same bytes
+    is harmless, so a transient ENOMEM is retried up to ``attempts`` times.
+    """
+    argv = ["convert", "-n", "-p", "-f", source["driver"], "-O", target["driver"]]
+    if force_share:
+        argv.append("-U")
+    if parallel:
+        argv += ["-m", str(parallel)]
+    if out_of_order:
+        argv.append("-W")
+    argv += [filename(source), filename(target)]
+    started = time.monotonic()
+    peak = 0
+    for attempt in range(1, attempts + 1):
+        rc, stderr, rss = _run(argv, progress, cancel_check, timeout, address_space)
+        peak = max(peak, rss)
+        if rc == 0:
+            return ConvertResult(peak, time.monotonic() - started, attempt)
+        if not (_ENOMEM.search(stderr) and attempt < attempts):
+            err = explain(stderr, rc, address_space=address_space, action=action)
+            if attempt > 1:
+                err.details += f" after {attempt} attempts"
+                err.args = (err.details,)
+            raise err
+        LOG.warning("qemu-img ran out of memory (attempt %d of %d); retrying in %gs",
+                    attempt, attempts, retry_delay)
+        _sleep(retry_delay, cancel_check)
+    raise AssertionError("unreachable")
+
+
+def _sleep(seconds: float, cancel_check: Callable[[], None] | None) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if cancel_check:
+            cancel_check()
+        time.sleep(min(left, 0.5))
+
+
+def _run(argv: list[str], progress: Callable[[float], None] | None,
+         cancel_check: Callable[[], None] | None, timeout: float | None,
+         address_space: int) -> tuple[int, str, int]:
+    """One qemu-img run: (exit code, stderr tail, peak RSS in bytes)."""
+    proc = tools.popen(TOOL, *argv, env=ENV, preexec_fn=_limits(address_space),
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    err = bytearray()
+    pending = b""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    try:
+        while sel.get_map():
+            if cancel_check:
+                cancel_check()
+            if deadline is not None and time.monotonic() > deadline:
+                raise ToolError(f"qemu-img did not finish within {timeout:g}s", tool=TOOL)
+            for key, _ in sel.select(timeout=0.5):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.fileobj is proc.stdout:
+                    pending = _progress(pending + chunk, progress)
+                else:
+                    err += chunk
+                    del err[:-STDERR_KEEP]
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    rc, rss = _reap(proc)
+    return rc, err.decode("utf-8", "replace"), rss
+
+
+def _progress(data: bytes, progress: Callable[[float], None] | None) -> bytes:
+    """Report complete ``(12.50/100%)`` records; return the unfinished tail."""
+    *records, rest = re.split(rb"[\r\n]", data)
+    if progress:
+        for rec in records:
+            m = _PROGRESS.search(rec)
+            if m:
+                progress(float(m.group(1)))
+    return rest[-256:]
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int, int]:
+    # wait4 hands back the child's own rusage: its peak RSS, exactly
+    try:
+        _pid, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        return proc.wait(), 0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
