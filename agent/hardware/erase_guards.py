@@ -15,8 +15,9 @@ from collections.abc import Iterable
 
 from agent import tools
 from agent.errors import AgentError
-from agent.hardware import ptable, sysfs
+from agent.hardware import sysfs
 from agent.hardware.disks import Disk, Partition, list_partitions
+from agent.imaging import partition_table
 
 LOG = logging.getLogger(__name__)
 
@@ -138,18 +139,20 @@ def shared_san_reasons(disk: Disk, parts: Iterable[Partition]) -> list[str]:
     probes = [(disk.name, _probe(disk.name))]
     probes += [(p.name, _probe(p.name)) for p in parts]
     try:
-        entries = ptable.read_table(disk.name, disk.logical_sectors)
+        entries = partition_table.read_table(disk.name).partitions
     except OSError as exc:
         LOG.warning("cannot read the partition table of %s: %s", disk.name, exc)
         entries = []
     for entry in entries:
-        label = SHARED_PART_TYPES.get(entry.type_code)
+        code = (entry.type_guid.upper() if entry.type_guid
+                else f"0x{entry.mbr_type or 0:02x}")
+        label = SHARED_PART_TYPES.get(code)
         if label:
             reasons.append(f"partition {entry.number} of {disk.name} has the {label} "
-                           f"partition type {entry.type_code}")
+                           f"partition type {code}")
         # the kernel may not expose the partition: probe its range on the disk itself
         probes.append((f"{disk.name} partition {entry.number}",
-                       _probe(disk.name, entry.start, entry.size)))
+                       _probe(disk.name, entry.start_bytes, entry.size_bytes)))
     for where, found in probes:
         fstype = (found.get("TYPE") or "").lower()
         if fstype in SHARED_FS_TYPES:

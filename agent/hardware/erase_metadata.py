@@ -12,14 +12,13 @@ import logging
 import os
 
 from agent import tools
-from agent.errors import CleaningError
-from agent.hardware import blkpg, ptable
+from agent.errors import AgentError, CleaningError
 from agent.hardware.disks import Disk, list_partitions
+from agent.imaging import reread
 
 LOG = logging.getLogger(__name__)
 
 EDGE = 1024 * 1024
-_TEMP_PARTNO_BASE = 200   # well above anything a real table uses
 
 
 def _wipe(device: str) -> None:
@@ -40,53 +39,41 @@ def _zero_edges(disk: Disk) -> None:
         os.close(fd)
 
 
-def _expose_hidden_partitions(disk: Disk) -> list[tuple[int, str]]:
-    """Add kernel nodes for table entries the kernel does not show; (pno, node) added."""
+def _wipe_kernel_partitions(disk: Disk, done: set[tuple[int, int]]) -> None:
+    """Wipe every partition the kernel shows that was not wiped yet (by start, size)."""
+    for part in list_partitions(disk):
+        key = (part.start, part.size)
+        if key not in done and os.path.exists(part.name):
+            _wipe(part.name)
+            done.add(key)
+
+
+def _sync_kernel(disk: Disk) -> None:
+    """Make the kernel's partitions match the on-disk table (BLKPG where it cannot parse)."""
     try:
-        entries = ptable.read_table(disk.name, disk.logical_sectors)
-    except OSError as exc:
-        LOG.warning("cannot read the partition table of %s: %s", disk.name, exc)
-        return []
-    known = {(p.start, p.size) for p in list_partitions(disk)}
-    added = []
-    for i, entry in enumerate(entries):
-        if (entry.start, entry.size) in known:
-            continue
-        number = _TEMP_PARTNO_BASE + i
-        try:
-            node = blkpg.add_partition(disk.name, number, entry.start, entry.size)
-        except OSError as exc:
-            # overlaps a stale kernel partition; the table itself is still wiped below
-            LOG.warning("cannot expose partition %d of %s to wipe it: %s", entry.number,
-                        disk.name, exc)
-            continue
-        added.append((number, node))
-    return added
+        reread.reread(disk.name)
+    except (AgentError, OSError) as exc:
+        LOG.warning("cannot bring the kernel's view of %s in line with its table: %s",
+                    disk.name, exc)
 
 
 def erase_metadata(disk: Disk) -> str:
     """Wipe ``disk``; returns a short description of what was wiped."""
-    temporary = _expose_hidden_partitions(disk)
-    try:
-        partitions = [p.name for p in list_partitions(disk)]
-        for node in partitions:
-            if os.path.exists(node):
-                _wipe(node)
-        _wipe(disk.name)
-        _zero_edges(disk)
-    finally:
-        for number, _ in temporary:
-            try:
-                blkpg.delete_partition(disk.name, number)
-            except OSError as exc:
-                LOG.warning("cannot remove temporary partition %d of %s: %s", number,
-                            disk.name, exc)
-    # stale partition nodes disappear where the kernel can re-read (not always: busy, loop)
-    blkpg.reread(disk.name)
+    # what the kernel knows now, then what the on-disk table says (this kernel, or a
+    # busy disk, may have left table entries without partition nodes)
+    done: set[tuple[int, int]] = set()
+    _wipe_kernel_partitions(disk, done)
+    _sync_kernel(disk)
+    _wipe_kernel_partitions(disk, done)
+    wiped = len(done)
+    _wipe(disk.name)
+    _zero_edges(disk)
+    # the table is gone: drop the partition nodes that described it
+    _sync_kernel(disk)
     leftover = tools.run("blkid", "-p", "-o", "export", disk.name, ok_codes=(0, 2),
                          timeout=60)
     if leftover.returncode == 0 and leftover.stdout.strip():
         raise CleaningError(f"signatures remain on {disk.name} after wiping: "
                             f"{' '.join(leftover.stdout.split())}")
-    LOG.info("erased metadata on %s (%d partition(s))", disk.name, len(partitions))
-    return f"metadata erased ({len(partitions)} partition(s) wiped)"
+    LOG.info("erased metadata on %s (%d partition(s) wiped)", disk.name, wiped)
+    return f"metadata erased ({wiped} partition(s) wiped)"
