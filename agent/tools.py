@@ -47,6 +47,9 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("mkfs.vfat", "dosfstools", "ESP and vfat config drive"),
     Tool("mkfs.ext4", "e2fsprogs", "ephemeral partitions"),
     Tool("mkswap", "util-linux", "swap partitions"),
+    Tool("mkfs.ext3", "e2fsprogs", "ephemeral partitions formatted ext3", required=False),
+    Tool("mkfs.ext2", "e2fsprogs", "ephemeral partitions formatted ext2", required=False),
+    Tool("mkfs.xfs", "xfsprogs", "ephemeral partitions formatted xfs", required=False),
     Tool("mcopy", "mtools", "fill vfat config drives without mounting"),
     Tool("efibootmgr", "efibootmgr", "UEFI NVRAM boot entries", required=False,
          arches=("amd64",)),
@@ -58,10 +61,15 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("journalctl", "systemd", "journal for log collection", required=False),
     Tool("df", "coreutils", "filesystem usage for log collection", required=False),
     Tool("ps", "procps", "process list for log collection", required=False),
+    Tool("xz", "xz-utils", "multi-threaded xz image decompression", required=False),
     Tool("systemctl", "systemd", "orderly power off and reboot", required=False),
     Tool("hwclock", "util-linux-extra", "save the clock before power off", required=False),
     Tool("grub-install", "grub-common", "ppc64le PReP grub", required=False,
          arches=("ppc64el",)),
+    Tool("chroot", "coreutils", "run the image's own grub (opt-in BIOS/PReP boot loader)",
+         required=False),
+    Tool("useradd", "passwd", "create the rescue user (rescue.finalize_rescue)", required=False),
+    Tool("usermod", "passwd", "set the rescue user's password hash", required=False),
 ]}
 
 

@@ -39,7 +39,8 @@ class ImageDeployManager(managers.HardwareManager):
     def write_image(self, node: Any, ports: Any, image_info: Any = None,
                     configdrive: Any = None, ctx: Any = None, **extra: Any) -> dict[str, Any]:
         """Ironic 39's write_image: prepare_image run inside the step, not recorded."""
-        from agent.imaging import deploy, image_info as info_mod
+        from agent.imaging import deploy
+        from agent.imaging import image_info as info_mod
         spec = info_mod.validate(image_info, md5_allowed=self.config.md5_enabled)
         if configdrive is None:
             configdrive = spec.raw.get("configdrive")

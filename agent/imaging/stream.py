@@ -34,7 +34,7 @@ LOG_EVERY_S = 5.0
 # 4 x 2 MiB in flight kept throughput level with 4 x 4 MiB on this machine while
 # holding the agent's peak RSS near 62 MiB (bench/stream.py)
 IN_BUFFERS = 4
-OUT_BUFFERS = 3
+OUT_BUFFERS = 2
 
 
 @dataclasses.dataclass
@@ -78,7 +78,7 @@ class _Attempt:
         self.first = first
         self.pool = pool
         self.kind = decompress.sniff(bytes(first.data[:8]))
-        self.decompressor: decompress.Decompressor | None = None
+        self.decompressor: decompress.Decompressor | decompress.ExternalXz | None = None
 
     def run(self, stages: plumbing.Stages) -> None:
         abort = stages.abort
@@ -115,16 +115,21 @@ class _Attempt:
         out_pool = plumbing.Pool(OUT_BUFFERS)
         to_write = plumbing.Pipe(abort)
         reader = _PipeReader(to_next, self.pool)
-        self.decompressor = decompress.Decompressor(self.kind, reader.read)
+        self.decompressor = decompress.open_decompressor(self.kind, reader.read)
 
         def decompress_stage() -> None:
-            while True:
-                buf = out_pool.get(abort)
-                buf.n = self.decompressor.readinto(buf.view)
-                if buf.n:
-                    to_write.put(buf)
-                if buf.n < len(buf.view):
-                    break
+            try:
+                while True:
+                    buf = out_pool.get(abort)
+                    buf.n = self.decompressor.readinto(buf.view)
+                    if buf.n:
+                        to_write.put(buf)
+                    if buf.n < len(buf.view):
+                        break
+            finally:
+                close = getattr(self.decompressor, "close", None)
+                if close is not None:
+                    close()
             to_write.close()
 
         stages.start("decompress", decompress_stage)

@@ -85,3 +85,34 @@ def test_zstd_tracker_skippable_frame():
     assert tracker.at_boundary and tracker.frames == 2
     tracker.feed(frame[:5])
     assert not tracker.at_boundary
+
+
+def inflate_external(blob: bytes) -> bytes:
+    from agent.imaging.decompress import ExternalXz
+    src = io.BytesIO(blob)
+    d = ExternalXz(src.read)
+    out = bytearray()
+    buf = memoryview(bytearray(1 << 20))
+    try:
+        while True:
+            n = d.readinto(buf)
+            out += buf[:n]
+            if n < len(buf):
+                return bytes(out)
+    finally:
+        d.close()
+
+
+def test_external_xz_matches_and_is_strict():
+    blob = lzma.compress(DATA)
+    assert inflate_external(blob) == DATA
+    assert inflate_external(blob + blob) == DATA + DATA
+    with pytest.raises(InvalidImage, match="truncated"):
+        inflate_external(blob[:-20])
+    with pytest.raises(InvalidImage, match="trailing garbage"):
+        inflate_external(blob + b"garbage!")
+
+
+@pytest.mark.parametrize("inflater", [lambda b: inflate("xz", b), inflate_external])
+def test_xz_stream_padding_is_accepted(inflater):
+    assert inflater(lzma.compress(DATA) + bytes(8)) == DATA
