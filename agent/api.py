@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from agent import __version__, errors
 from agent.commands import CommandRunner
@@ -115,6 +115,10 @@ def create_app(state: AgentState, runner: CommandRunner) -> Flask:
         if denied:
             return denied
         raw = request.get_data(cache=False)
+        if request.content_length is None and len(raw) >= state.config.max_request_bytes:
+            # a chunked body has no length to refuse up front, and werkzeug cuts
+            # it at the limit without complaint: refuse it instead of parsing a stub
+            raise RequestEntityTooLarge()
         try:
             body = json.loads(raw or b"")
         except ValueError as exc:

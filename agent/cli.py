@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("name", help="<extension>.<command>")
     call.add_argument("params", nargs="*", help="key=value (values parsed as JSON if possible)")
     sub.add_parser("tools", help="report which system tools are present")
+    from agent.cli_deploy import add_parser as add_deploy_parser
+    add_deploy_parser(sub)
     return parser
 
 
@@ -73,9 +75,10 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 class ProgressPrinter:
     """A live bar on a TTY, plain lines otherwise."""
 
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: Any = None) -> None:
+        # looked up per call, not bound at import, so redirected stderr is honoured
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
         self._last = ""
 
     def __call__(self, p: dict[str, Any]) -> None:
@@ -162,10 +165,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             from agent.controller import run_with_controller
             run_with_controller(runtime)
+        runtime.wait()
     except AgentError as exc:
         LOG.error("startup failed: %s", exc.details)
         return 1
-    runtime.wait()
+    except OSError as exc:
+        # typically the port is taken (cheroot names it): one line, not a traceback
+        LOG.error("startup failed: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        # cheroot's workers are not daemon threads: without this, SIGTERM
+        # leaves the interpreter waiting for them forever
+        runtime.close()
     return 0
 
 
@@ -178,9 +191,15 @@ def cmd_tools(_: argparse.Namespace) -> int:
     return 1 if any(not found[n] and tools.TOOLS[n].required for n in found) else 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from agent.cli_deploy import run
+    return run(args, ProgressPrinter())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "call": cmd_call, "tools": cmd_tools}
+    handlers = {"serve": cmd_serve, "call": cmd_call, "tools": cmd_tools,
+                "deploy": cmd_deploy}
     return handlers[args.cmd](args)
 
 

@@ -42,8 +42,15 @@ class AgentClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.verify = verify
         self.session = requests.Session()
         self.session.verify = verify
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        # verify goes with every request: requests lets REQUESTS_CA_BUNDLE or
+        # CURL_CA_BUNDLE silently replace a Session-level verify, which would
+        # drop a pinned agent certificate
+        return self.session.request(method, f"{self.url}{path}", verify=self.verify, **kwargs)
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         params = {k: v for k, v in extra.items() if v is not None}
@@ -62,30 +69,28 @@ class AgentClient:
         return body
 
     def status(self) -> dict[str, Any]:
-        return self._check(self.session.get(f"{self.url}/v1/status", timeout=self.timeout))
+        return self._check(self._send("GET", "/v1/status", timeout=self.timeout))
 
     def list(self) -> list[dict[str, Any]]:
-        resp = self.session.get(f"{self.url}/v1/commands/", params=self._params(),
-                                timeout=self.timeout)
+        resp = self._send("GET", "/v1/commands/", params=self._params(), timeout=self.timeout)
         return self._check(resp)["commands"]
 
     def post(self, name: str, params: dict[str, Any] | None = None,
              wait: bool = False) -> dict[str, Any]:
-        resp = self.session.post(f"{self.url}/v1/commands/",
-                                 params=self._params(wait=str(wait).lower()),
-                                 json={"name": name, "params": params or {}},
-                                 timeout=None if wait else self.timeout)
+        resp = self._send("POST", "/v1/commands/", params=self._params(wait=str(wait).lower()),
+                          json={"name": name, "params": params or {}},
+                          timeout=None if wait else self.timeout)
         return self._check(resp)
 
     def get(self, command_id: str, wait: bool = False) -> dict[str, Any]:
-        resp = self.session.get(f"{self.url}/v1/commands/{command_id}",
-                                params=self._params(wait="true" if wait else None),
-                                timeout=None if wait else self.timeout)
+        resp = self._send("GET", f"/v1/commands/{command_id}",
+                          params=self._params(wait="true" if wait else None),
+                          timeout=None if wait else self.timeout)
         return self._check(resp)
 
     def cancel(self, command_id: str) -> dict[str, Any]:
-        resp = self.session.post(f"{self.url}/v1/commands/{command_id}/cancel",
-                                 params=self._params(), timeout=self.timeout)
+        resp = self._send("POST", f"/v1/commands/{command_id}/cancel", params=self._params(),
+                          timeout=self.timeout)
         return self._check(resp)
 
     def wait(self, result: dict[str, Any], *, poll: float = 0.5,

@@ -198,3 +198,24 @@ def normalise(exc: BaseException, *, wrap: type[AgentError] | None = None,
     data["message"] = str(data.get("message") or "")
     data["details"] = str(data.get("details") or data["message"])
     return data
+
+
+# --- controller integration (appended for issue 8) ------------------------------------
+
+class LookupFailed(AgentError):
+    """No node was found for this machine before the lookup timeout."""
+
+    code = 504
+    message = "Controller lookup failed"
+
+
+class AdvertiseAddressNotFound(AgentError):
+    code = 500
+    message = "Cannot determine the address to advertise to the controller"
+
+
+class DeployFailed(AgentError):
+    """The conductor-like driver could not complete a deploy."""
+
+    code = 500
+    message = "Deploy failed"

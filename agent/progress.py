@@ -9,12 +9,23 @@ stall shows up within seconds instead of being averaged away.
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 WINDOW_S = 5.0
+
+
+def _json_safe(value: Any) -> Any:
+    # snapshots are served while the command runs; one odd value must not turn
+    # GET /v1/commands/ into a 500
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
 
 
 class Progress:
@@ -46,7 +57,7 @@ class Progress:
                 self._total = total
             if done is not None:
                 self._done = done
-            self._extra.update(extra)
+            self._extra.update({k: _json_safe(v) for k, v in extra.items()})
             self._sample(now)
 
     def advance(self, amount: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from flask import Flask
@@ -53,10 +52,15 @@ class Runtime:
         self.state.on_stop.append(self.server.stop)
         return self.server
 
+    def close(self) -> None:
+        """Stop serving so the process can exit."""
+        if self.server is not None:
+            self.server.stop()
+
     def wait(self) -> None:
         """Block until stopped; lockdown keeps the process alive so no restart happens."""
         self.state.stopped.wait()
-        if os.environ.get("DEPLOY_AGENT_EXIT_ON_STOP"):
+        if self.config.exit_on_stop:
             return
         LOG.warning("agent stopped serving; idling")
         threading.Event().wait()

@@ -8,13 +8,14 @@ import os
 import socket
 import ssl
 import tempfile
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
+# cryptography is imported only when a certificate is generated: it costs
+# about 8 MiB of RSS that an agent serving plain HTTP or a static cert never needs
+CURVES = {"p256": "SECP256R1", "p384": "SECP384R1", "p521": "SECP521R1"}
 CLOCK_SKEW = datetime.timedelta(hours=1)
 VALIDITY = datetime.timedelta(days=30)
 
@@ -27,10 +28,15 @@ def generate_certificate(ip: str, curve: str = "p384",
     SAN is critical and carries only the advertise IP the conductor pins.  Key
     identifiers and basicConstraints keep strict RFC 5280 verifiers happy.
     """
-    key = ec.generate_private_key(CURVES[curve]())
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key: ec.EllipticCurvePrivateKey = ec.generate_private_key(getattr(ec, CURVES[curve])())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                          hostname or socket.gethostname() or "deploy-agent")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     public = key.public_key()
     cert = (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name)

@@ -64,7 +64,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("xz", "xz-utils", "multi-threaded xz image decompression", required=False),
     Tool("systemctl", "systemd", "orderly power off and reboot", required=False),
     Tool("hwclock", "util-linux-extra", "save the clock before power off", required=False),
-    Tool("grub-install", "grub-common", "ppc64le PReP grub", required=False,
+    Tool("grub-install", "grub2-common", "ppc64le PReP grub", required=False,
          arches=("ppc64el",)),
     Tool("chroot", "coreutils", "run the image's own grub (opt-in BIOS/PReP boot loader)",
          required=False),

@@ -78,7 +78,7 @@ def install_bootloader(state: Any, request: Request, *, ctx: Any = None,
     if devices.is_whole_disk_id(request.root_uuid):
         LOG.info("root UUID %s: a whole-disk image with its own boot loader; nothing more to do",
                  request.root_uuid)
-        outcome.path = outcome.path or "whole-disk"
+        outcome.path = "whole-disk"
         return outcome
     if not state.config.enable_bios_bootloader_install:
         _fail_or_ignore(InvalidImage(CVE_MESSAGE), request, outcome, "the GRUB path")

@@ -25,7 +25,7 @@ LOG = logging.getLogger(__name__)
 MOUNTINFO = "/proc/self/mountinfo"
 UNMOUNT_ATTEMPTS = 5
 UNMOUNT_DELAY = 0.1          # doubled after every busy attempt
-MAX_STACKED = 16             # a path mounted over itself this often is a bug, not a stack
+MAX_STACKED = 16             # extra rounds for mounts that appear while unmounting
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -46,13 +46,16 @@ def mount_points(mountinfo: str = MOUNTINFO) -> list[str]:
 
 
 def mounted_under(path: str, mountinfo: str = MOUNTINFO) -> list[str]:
-    """Mount points at or below ``path``, in the order they must be unmounted."""
+    """Mounts at or below ``path``, newest first: the order they must be unmounted in.
+
+    A path mounted over itself appears once per mount.  Only a later mount can
+    cover an earlier one, so newest-first also handles a mount stacked on top
+    of a parent that has children of its own.
+    """
     base = os.path.realpath(path)
     prefix = base.rstrip("/") + "/"
     found = [p for p in mount_points(mountinfo) if p == base or p.startswith(prefix)]
-    # later mounts can sit on top of earlier ones: undo newest first, deepest first
-    order = {p: i for i, p in enumerate(found)}
-    return sorted(set(found), key=lambda p: (-p.count("/"), -order[p]))
+    return found[::-1]
 
 
 def is_mounted(path: str) -> bool:
@@ -81,45 +84,40 @@ def mount(source: str, target: str, *, fstype: str | None = None,
 
 def unmount(target: str, *, attempts: int = UNMOUNT_ATTEMPTS,
             delay: float = UNMOUNT_DELAY) -> None:
-    """Unmount ``target`` until nothing is mounted there, retrying while it is busy."""
+    """Remove the newest mount on ``target``, retrying while it is busy, then lazily."""
     target = os.path.realpath(target)
     last_error = ""
-    failures = successes = 0
-    while is_mounted(target):
-        if failures >= attempts or successes >= MAX_STACKED:
-            _detach_lazily(target, failures, last_error)
-            return
+    for attempt in range(1, attempts + 1):
         proc = tools.run("umount", target, check=False, timeout=60.0)
         if proc.returncode == 0:
-            successes += 1
-            continue
-        failures += 1
+            return
         last_error = tools.tail(proc.stderr or proc.stdout, 300)
-        LOG.info("unmounting %s failed (attempt %d of %d): %s", target, failures, attempts,
+        if not is_mounted(target):
+            return   # someone else unmounted it meanwhile
+        LOG.info("unmounting %s failed (attempt %d of %d): %s", target, attempt, attempts,
                  last_error)
-        time.sleep(delay * 2 ** (failures - 1))   # a process may still be closing files
-
-
-def _detach_lazily(target: str, failures: int, last_error: str) -> None:
+        if attempt < attempts:
+            time.sleep(delay * 2 ** (attempt - 1))   # a process may still be closing files
     proc = tools.run("umount", "--lazy", target, check=False, timeout=60.0)
-    if proc.returncode != 0 or is_mounted(target):
+    if proc.returncode != 0:
         raise CommandExecutionError(
-            f"could not unmount {target} after {failures} attempts ({last_error}); "
+            f"could not unmount {target} after {attempts} attempts ({last_error}); "
             f"lazy unmount failed too: {tools.tail(proc.stderr, 300)}")
     LOG.warning("%s stayed busy through %d unmount attempts (%s); detached it lazily",
-                target, failures, last_error)
+                target, attempts, last_error)
 
 
 def unmount_all(path: str) -> None:
-    """Unmount everything at or below ``path``; try them all, then report any failure."""
-    errors = []
-    for point in mounted_under(path):
-        try:
-            unmount(point)
-        except AgentError as exc:
-            errors.append(exc.details)
-    if errors:
-        raise CommandExecutionError("; ".join(errors))
+    """Unmount everything at or below ``path``, newest first, until nothing is left."""
+    budget = len(mounted_under(path)) + MAX_STACKED
+    while budget > 0:
+        points = mounted_under(path)
+        if not points:
+            return
+        unmount(points[0])
+        budget -= 1
+    raise CommandExecutionError(f"mounts keep appearing below {path}: "
+                                f"{', '.join(mounted_under(path))}")
 
 
 @contextlib.contextmanager

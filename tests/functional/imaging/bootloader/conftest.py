@@ -97,3 +97,36 @@ def agent_state(disk: str, **flags) -> AgentState:
     state = AgentState(cfg)
     state.refresh_node({"uuid": "node-1", "properties": {"root_device": {"name": disk}}})
     return state
+
+
+@pytest.fixture(scope="session")
+def grub_root_template(tmp_path_factory) -> str:
+    """A root tree with the host's real grub tools, built once and copied per test."""
+    from tests.functional.imaging.bootloader import rootfs
+    if shutil.which("grub-install") is None or not os.path.isdir("/usr/lib/grub/i386-pc"):
+        pytest.skip("needs Debian grub2-common and grub-pc-bin on the host")
+    path = str(tmp_path_factory.mktemp("grub-root"))
+    rootfs.populate_root(path)
+    return path
+
+
+@pytest.fixture
+def bios_booted(monkeypatch, tmp_path) -> None:
+    """The ramdisk booted in legacy BIOS mode, whatever firmware runs these tests."""
+    monkeypatch.setattr(uefi, "EFI_SYSFS", str(tmp_path / "no-such-efi-dir"))
+
+
+def copy_tree(template: str):
+    """A populate callback for rootfs.fill_ext4 that copies ``template`` in."""
+    def populate(mnt: str) -> None:
+        subprocess.run(["cp", "-a", template + "/.", mnt], check=True)
+    return populate
+
+
+@pytest.fixture(scope="session")
+def shell_root_template(tmp_path_factory) -> str:
+    """A root tree with a shell and core utilities but no grub (for recording fakes)."""
+    from tests.functional.imaging.bootloader import rootfs
+    path = str(tmp_path_factory.mktemp("shell-root"))
+    rootfs.populate_root(path, programs=[])
+    return path

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     if "-B" in argv:
         number = argv[argv.index("-b") + 1].upper()
         if not any(ENTRY.match(line) and line[4:8] == number for line in lines):
-            sys.stderr.write(f"Could not delete variable: No such file or directory\n")
+            sys.stderr.write("Could not delete variable: No such file or directory\n")
             return 5
         lines = [line for line in lines if not line.startswith(f"Boot{number}")]
         lines = [_order(line, remove=number) for line in lines]

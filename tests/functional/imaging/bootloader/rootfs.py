@@ -24,8 +24,8 @@ GRUB_PROGRAMS = ["grub-install", "grub-probe", "grub-mkconfig", "grub-mkrelpath"
 SHELL_PROGRAMS = ["sh", "dash", "cat", "sed", "grep", "rm", "mv", "cp", "mkdir", "basename",
                   "dirname", "sort", "uname", "readlink", "tr", "head", "tail", "cut", "wc",
                   "id", "stat", "sleep", "chmod", "ls", "find", "gettext", "gettext.sh",
-                  "awk", "mawk", "fgrep", "egrep", "true", "false", "test", "[", "printf", "echo", "env",
-                  "touch", "ln", "realpath", "expr", "uniq", "tee", "mktemp", "sync"]
+                  "awk", "mawk", "fgrep", "egrep", "true", "false", "test", "[", "printf",
+                  "echo", "env", "touch", "ln", "realpath", "expr", "uniq", "tee", "mktemp", "sync"]
 DATA_DIRS = ["/usr/lib/grub/i386-pc", "/usr/share/grub", "/etc/grub.d"]
 
 
@@ -173,3 +173,32 @@ def msdos(dev: str, lines: list[str]) -> list[str]:
     sh("sfdisk", "-q", dev, input="label: dos\n" + "\n".join(lines) + "\n")
     expose(dev)
     return [part(dev, i) for i in range(1, len(lines) + 1)]
+
+
+def read_head(dev: str, length: int = 512, offset: int = 0) -> bytes:
+    with open(dev, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def root_files(node: str, *paths: str) -> dict[str, str | None]:
+    """Contents of files in the filesystem on ``node`` (None when absent), read afterwards."""
+    found: dict[str, str | None] = {}
+
+    def read(mnt: str) -> None:
+        for path in paths:
+            full = os.path.join(mnt, path.lstrip("/"))
+            found[path] = open(full, errors="replace").read() if os.path.isfile(full) else None
+    mnt = f"/tmp/bl-check-{os.getpid()}"
+    os.makedirs(mnt, exist_ok=True)
+    sh("mount", "-o", "ro", node, mnt)
+    try:
+        read(mnt)
+    finally:
+        sh("umount", mnt)
+        os.rmdir(mnt)
+    return found
+
+
+def assert_clean(dev: str) -> None:
+    assert mounts_of(dev, "deploy-agent-mnt-") == []
