@@ -23,8 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (agent_process, cpu_seconds, nginx, peak_rss_mib,  # noqa: E402
-                          run_shell, tmpfs_loop)
+from bench.common import agent_process, cpu_seconds, nginx, peak_rss_mib, run_shell, tmpfs_loop  # noqa: E402
 
 MiB = 1 << 20
 WORK = "/dev/shm/deploy-agent-bench"

@@ -14,8 +14,13 @@ import time
 import pytest
 import zstandard
 
-from agent.errors import (Cancelled, ImageChecksumError, ImageDownloadError, InvalidImage,
-                          UnsafeDevice)
+from agent.errors import (
+    Cancelled,
+    ImageChecksumError,
+    ImageDownloadError,
+    InvalidImage,
+    UnsafeDevice,
+)
 from agent.imaging import blockdev
 from agent.imaging.checksum import Expected
 from agent.imaging.partition_table import read_table
