@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from flask import Flask
 
@@ -28,6 +29,8 @@ class Runtime:
         self.app: Flask = api.create_app(self.state, self.runner)
         self.server: AgentServer | None = None
         self.cert_pem: str | None = None
+        # set by agent.controller.run_with_controller when a controller drives us
+        self.controller: Any = None
 
     def tls_files(self, advertise_ip: str | None) -> tuple[str | None, str | None]:
         cfg = self.config

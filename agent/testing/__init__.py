@@ -1,0 +1,1 @@
+"""Test and operator tooling that is not part of the agent itself."""
