@@ -7,6 +7,7 @@ decompress → writer) → re-read partitions → config drive → record UUIDs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -14,26 +15,34 @@ from typing import Any
 import requests
 
 from agent.errors import InvalidImage
-from agent.imaging import checksum, image_info
+from agent.imaging import checksum, formats, image_info
 from agent.imaging.source import HTTPSource, fetch_text
-from agent.imaging.stream import StreamOptions, StreamReport, stream_image
+from agent.imaging.stream import OpenedImage, StreamOptions, StreamReport, open_image, stream_image
+from agent.imaging.writer import DeviceWriter
 from agent.progress import Progress
 from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
 
-# magic numbers of formats that need qemu-img; streamed raw they would be garbage
-NON_RAW_MAGIC = {b"QFI\xfb": "qcow2", b"KDMV": "vmdk", b"vhdxfile": "vhdx",
-                 b"conectix": "vhd", b"QED\x00": "qed"}
+RAW_FORMATS = ("raw", "gpt", "iso")
+MiB = 1 << 20
 
 
-def refuse_non_raw(head: bytes, compression: str | None) -> None:
-    for magic, fmt in NON_RAW_MAGIC.items():
-        if head.startswith(magic):
-            raise InvalidImage(f"the image is {fmt}; only raw images (optionally gzip, xz, "
-                               "bzip2 or zstd compressed) can be written by this agent")
-    if head[64:64 + 4] == b"\x7f\x10\xda\xbe":
-        raise InvalidImage("the image is vdi; only raw images can be written by this agent")
+def inspect_image(state: AgentState, spec: image_info.ImageSpec, opened: OpenedImage,
+                  source: HTTPSource, device_size: int) -> formats.Inspection:
+    """Decide what the bytes are, and refuse what policy forbids, before any write."""
+    size = source.total if opened.compression is None else None
+    inspection = formats.inspect(opened.read_at, size)
+    if state.config.disable_deep_image_inspection:
+        LOG.warning("deep image inspection is disabled by the controller; %s detected as %s",
+                    spec.id, inspection.format)
+    else:
+        formats.check(inspection, declared_format=spec.disk_format,
+                      permitted_formats=state.config.permitted_image_formats,
+                      device_size=device_size, image_size=size)
+    LOG.info("image %s is %s%s", spec.id, inspection.format,
+             f" ({opened.compression} compressed)" if opened.compression else "")
+    return inspection
 
 
 def choose_device(state: AgentState) -> tuple[str, str]:
@@ -67,18 +76,69 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
     from agent.imaging import blockdev
     cfg = state.config
     LOG.info("installing image %s on %s", spec.id, device)
-    blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
+    device_size = blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
     expected = checksum.resolve(
         spec, cfg.md5_enabled,
         lambda url: fetch_text(url, timeout=cfg.image_download_connection_timeout,
                                headers=spec.headers, auth=spec.auth))
     opts = options or StreamOptions()
-    if opts.inspect_head is None:
-        opts.inspect_head = refuse_non_raw
-    report = stream_image(make_source(spec, state, cancel_check), device, expected,
-                          progress=progress, cancel_check=cancel_check, options=opts)
+    source = make_source(spec, state, cancel_check)
+    if progress is not None:
+        progress.update(phase="connect", unit="bytes")
+    opened = open_image(source)
+    try:
+        inspection = inspect_image(state, spec, opened, source, device_size)
+    except BaseException:
+        source.close()
+        raise
+    if inspection.format not in RAW_FORMATS:
+        opts = _staging_options(opts, device, device_size, inspection, opened, source,
+                                progress, cancel_check)
+    report = stream_image(source, device, expected, progress=progress,
+                          cancel_check=cancel_check, options=opts, opened=opened)
+    report.image_format = inspection.format
     LOG.info("image %s written to %s: %s", spec.id, device, report.as_dict())
     return report, device
+
+
+def _staging_options(opts: StreamOptions, device: str, device_size: int,
+                     inspection: formats.Inspection, opened: OpenedImage,
+                     source: HTTPSource, progress: Progress | None,
+                     cancel_check: Callable[[], None]) -> StreamOptions:
+    """Non-raw images land, checksummed, behind their own virtual size; qemu-img converts.
+
+    The image file is streamed (and hashed) into the disk's tail beyond the
+    virtual size, so RAM never holds it and qemu-img never reads a byte whose
+    checksum has not passed.  Then qemu-img writes the body, and the first MiB
+    last, from that staging area onto the front of the same disk.
+    """
+    vsize = inspection.virtual_size or 0
+    stage_at = -(-(vsize + MiB) // MiB) * MiB
+    room = device_size - stage_at
+    file_size = source.total if opened.compression is None else None
+    if room <= 0 or (file_size is not None and file_size > room):
+        need = stage_at + (file_size or 0)
+        raise InvalidImage(
+            f"{device} ({device_size} bytes) is too small to stage this {inspection.format} "
+            f"image: it needs the virtual size ({vsize} bytes) plus the image file "
+            f"({file_size or 'unknown'} bytes), {need} bytes in all")
+
+    def convert(writer: DeviceWriter) -> None:
+        from agent.imaging import nonraw
+
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress.update(phase="convert", done=done, total=total)
+        if progress is not None:
+            progress.update(phase="convert", done=0, total=vsize)
+        staged = writer.pad(4096)
+        result = nonraw.write_nonraw(device, inspection.format, device, source_offset=stage_at,
+                                     source_size=staged, progress=report,
+                                     cancel_check=cancel_check)
+        LOG.info("converted %s image: %s", inspection.format, result)
+
+    return dataclasses.replace(opts, base=stage_at, limit=room, hold_head=False,
+                               after_body=convert)
 
 
 def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any]) -> str:
@@ -143,7 +203,7 @@ def _partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
         lambda url: fetch_text(url, timeout=state.config.image_download_connection_timeout,
                                headers=spec.headers, auth=spec.auth))
     opts = _stream_options(state, verify)
-    opts.inspect_head = refuse_non_raw
+    opts.inspect_head = _raw_partition_only
     report = stream_image(make_source(spec, state, cancel_check), layout["root"], expected,
                           progress=progress, cancel_check=cancel_check, options=opts)
     steps: dict[str, Any] = {"write": report.as_dict(), "partitions": layout}
@@ -152,6 +212,13 @@ def _partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
             device, data, partition=layout["configdrive"])
     state.partition_uuids = partition_image.partition_uuids(layout)
     return steps
+
+
+def _raw_partition_only(opened: OpenedImage) -> None:
+    inspection = formats.inspect(opened.read_at)
+    if inspection.format not in RAW_FORMATS:
+        raise InvalidImage(f"the partition image is {inspection.format}; partition images "
+                           "must be raw (optionally compressed)")
 
 
 def _int(raw: dict[str, Any], key: str) -> int:

@@ -69,7 +69,11 @@ def protocol_node(path: str, *, direct: bool = True) -> Node:
     scheme = path.split("://", 1)[0].lower() if "://" in path else ""
     if scheme in ("http", "https"):
         return {"driver": scheme, "url": path}
-    if stat.S_ISBLK(os.stat(path).st_mode):
+    try:
+        is_device = stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        is_device = False           # qemu-img will say what is wrong with the path
+    if is_device:
         node: Node = {"driver": "host_device", "filename": path}
         if direct:
             node["cache"] = {"direct": True}
@@ -128,6 +132,9 @@ _EXPLAIN: tuple[tuple[str, type[AgentError], str], ...] = (
     (_ENOMEM.pattern, ToolError,
      "qemu-img ran out of memory under the agent's limits (address space {cap} MiB); "
      "free memory on the node or use a smaller image"),
+    (r"error while loading shared libraries", ToolError,
+     "qemu-img could not start; its libraries are missing or its address-space cap "
+     "({cap} MiB) is too small"),
     (r"output file is smaller than input file", InvalidImage,
      "the image's virtual size is larger than the space it is being written to"),
     (r"The sum of offset \((\d+)\) and size \((\d+)\) has to be smaller or equal", ToolError,
@@ -200,15 +207,30 @@ def explain(stderr: str, returncode: int | None, *, address_space: int = ADDRESS
     return cls(details)
 
 
+def _retry_or_raise(stderr: str, rc: int | None, attempt: int, attempts: int,
+                    address_space: int, action: str) -> None:
+    """Return to retry a transient ENOMEM; raise the explained error otherwise."""
+    if _ENOMEM.search(stderr) and attempt < attempts:
+        LOG.warning("qemu-img ran out of memory (attempt %d of %d); retrying",
+                    attempt, attempts)
+        return
+    err = explain(stderr, rc, address_space=address_space, action=action)
+    if attempt > 1:
+        err.details += f" after {attempt} attempts"
+        err.args = (err.details,)
+    raise err
+
+
 def info(source: Node | str, fmt: str | None = None, *, timeout: float = INFO_TIMEOUT_S,
-         address_space: int = ADDRESS_SPACE_LIMIT) -> dict[str, Any]:
+         address_space: int = ADDRESS_SPACE_LIMIT, attempts: int = ENOMEM_ATTEMPTS,
+         retry_delay: float = ENOMEM_DELAY_S) -> dict[str, Any]:
     """``qemu-img info --output=json`` of a node, or of ``source`` read as ``fmt``."""
     if isinstance(source, str):
         if not fmt:
             raise ValueError("qemu_img.info needs an explicit format for a path")
         source = image_node(source, fmt)
     argv = ["info", "--output=json", "-f", source["driver"], filename(source)]
-    for attempt in range(1, ENOMEM_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         proc = tools.run(TOOL, *argv, timeout=timeout, check=False, env=ENV,
                          preexec_fn=_limits(address_space))
         if proc.returncode == 0:
@@ -220,10 +242,9 @@ def info(source: Node | str, fmt: str | None = None, *, timeout: float = INFO_TI
             if not isinstance(data, dict) or "virtual-size" not in data:
                 raise ToolError("qemu-img info did not report a virtual size", tool=TOOL)
             return data
-        if not (_ENOMEM.search(proc.stderr) and attempt < ENOMEM_ATTEMPTS):
-            raise explain(proc.stderr, proc.returncode, address_space=address_space,
-                          action="reading the image header")
-        time.sleep(ENOMEM_DELAY_S)
+        _retry_or_raise(proc.stderr, proc.returncode, attempt, attempts, address_space,
+                        "reading the image header")
+        time.sleep(retry_delay)
     raise AssertionError("unreachable")
 
 
@@ -244,11 +265,16 @@ def convert(source: Node, target: Node, *, progress: Callable[[float], None] | N
 
     ``progress`` gets qemu-img's percentage (0-100) as it advances.
     ``cancel_check`` is polled at least twice a second and may raise to stop
-    qemu-img.  ``force_share`` (-U) lets the source share a device the target
-    also opens (a staging area on the target disk).  Rewriting the same bytes
-    is harmless, so a transient ENOMEM is retried up to ``attempts`` times.
+    qemu-img.  ``parallel`` (-m) is forced to 1 when the source is read over
+    HTTP.  ``force_share`` (-U) lets the source share a device the target also
+    opens (a staging area on the target disk).  Rewriting the same bytes is
+    harmless, so a transient ENOMEM is retried up to ``attempts`` times.
     """
     argv = ["convert", "-n", "-p", "-f", source["driver"], "-O", target["driver"]]
+    if _reads_http(source):
+        # qemu-img 7.2's curl driver hangs with more than one request in flight
+        # (seen with nginx and with Python servers); one at a time is reliable
+        parallel = 1
     if force_share:
         argv.append("-U")
     if parallel:
@@ -263,16 +289,15 @@ def convert(source: Node, target: Node, *, progress: Callable[[float], None] | N
         peak = max(peak, rss)
         if rc == 0:
             return ConvertResult(peak, time.monotonic() - started, attempt)
-        if not (_ENOMEM.search(stderr) and attempt < attempts):
-            err = explain(stderr, rc, address_space=address_space, action=action)
-            if attempt > 1:
-                err.details += f" after {attempt} attempts"
-                err.args = (err.details,)
-            raise err
-        LOG.warning("qemu-img ran out of memory (attempt %d of %d); retrying in %gs",
-                    attempt, attempts, retry_delay)
+        _retry_or_raise(stderr, rc, attempt, attempts, address_space, action)
         _sleep(retry_delay, cancel_check)
     raise AssertionError("unreachable")
+
+
+def _reads_http(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    return node.get("driver") in ("http", "https") or any(_reads_http(v) for v in node.values())
 
 
 def _sleep(seconds: float, cancel_check: Callable[[], None] | None) -> None:

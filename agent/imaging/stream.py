@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import AgentError, ImageChecksumError, InvalidImage
+from agent.errors import AgentError, ImageChecksumError, ImageDownloadError, InvalidImage
 from agent.imaging import decompress, plumbing
 from agent.imaging.checksum import Expected
 from agent.imaging.source import HTTPSource, RestartFromZero
@@ -35,6 +35,8 @@ LOG_EVERY_S = 5.0
 # holding the agent's peak RSS near 62 MiB (bench/stream.py)
 IN_BUFFERS = 4
 OUT_BUFFERS = 2
+# format inspection needs this much of the head (vhdx metadata sits at 3 MiB)
+PEEK_BYTES = 8 << 20
 
 
 @dataclasses.dataclass
@@ -43,8 +45,15 @@ class StreamOptions:
     zero_skip: bool = True
     verify_after_write: bool = False
     checksum_retries: int = 1
-    # called with the decompressed head before anything is written; raises to refuse
-    inspect_head: Callable[[bytes, str | None], None] | None = None
+    # called with the opened image before anything is written; raises to refuse
+    inspect_head: Callable[[OpenedImage], None] | None = None
+    # where the bytes go: at ``base`` on the device, at most ``limit`` bytes,
+    # and whether the first MiB is held back until the checksum has passed
+    base: int = 0
+    limit: int | None = None
+    hold_head: bool = True
+    # runs after the checksum passed and the body is on disk, before the head
+    after_body: Callable[[DeviceWriter], None] | None = None
 
 
 @dataclasses.dataclass
@@ -62,6 +71,7 @@ class StreamReport:
     resumes: int
     restarts: int
     verified_after_write: bool
+    image_format: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,13 +81,13 @@ class _Attempt:
     """One pass over the image from byte 0; a server restart starts a new one."""
 
     def __init__(self, source: HTTPSource, writer: DeviceWriter, expected: Expected,
-                 first: plumbing.Buffer, pool: plumbing.Pool) -> None:
+                 opened: OpenedImage) -> None:
         self.source = source
         self.writer = writer
         self.hasher = expected.new()
-        self.first = first
-        self.pool = pool
-        self.kind = decompress.sniff(bytes(first.data[:8]))
+        self.firsts = list(opened.firsts)
+        self.pool = opened.pool
+        self.kind = opened.compression
         self.decompressor: decompress.Decompressor | decompress.ExternalXz | None = None
 
     def run(self, stages: plumbing.Stages) -> None:
@@ -86,14 +96,20 @@ class _Attempt:
         to_next = plumbing.Pipe(abort)
 
         def receive() -> None:
-            buf: plumbing.Buffer | None = self.first
-            while buf is not None:
+            # the buffers read for inspection go first, then the rest of the stream
+            queued = self.firsts
+            while True:
+                if queued:
+                    buf = queued.pop(0)
+                else:
+                    buf = self.pool.get(abort)
+                    plumbing.fill(self.source.readinto, buf)
                 if buf.n:
                     to_hash.put(buf)
+                else:
+                    self.pool.put(buf)
                 if buf.n < len(buf.view):
                     break
-                buf = self.pool.get(abort)
-                plumbing.fill(self.source.readinto, buf)
             to_hash.close()
 
         def hash_stage() -> None:
@@ -163,58 +179,103 @@ class _PipeReader:
         return b""
 
 
-def _first_buffer(source: HTTPSource) -> tuple[plumbing.Pool, plumbing.Buffer]:
+class OpenedImage:
+    """The first bytes of an image, read before the disk is touched."""
+
+    def __init__(self, pool: plumbing.Pool, firsts: list[plumbing.Buffer],
+                 compression: str | None) -> None:
+        self.pool = pool
+        self.firsts = firsts
+        self.compression = compression
+        self._head = bytearray()        # decompressed head, grown on demand
+        self._inflater: decompress.Decompressor | None = None
+        self._fed = 0
+        self._exhausted = False
+
+    def _raw(self, offset: int, length: int) -> bytes:
+        out = bytearray()
+        pos = 0
+        for buf in self.firsts:
+            if offset < pos + buf.n and offset + length > pos:
+                lo = max(offset, pos) - pos
+                hi = min(offset + length, pos + buf.n) - pos
+                out += buf.view[lo:hi]
+            pos += buf.n
+        return bytes(out)
+
+    def _feed(self, n: int) -> bytes:
+        data = self._raw(self._fed, n)
+        self._fed += len(data)
+        return data
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Random access to the (decompressed) head, for format inspection."""
+        if self.compression is None:
+            return self._raw(offset, length)
+        if self._inflater is None:
+            self._inflater = decompress.Decompressor(self.compression, self._feed)
+        want = min(offset + length, PEEK_BYTES)
+        chunk = bytearray(256 << 10)
+        while len(self._head) < want and not self._exhausted:
+            try:
+                n = self._inflater.readinto(memoryview(chunk))
+            except InvalidImage:
+                n = 0  # the head may end mid-stream; the full pass judges the image
+            self._head += chunk[:n]
+            self._exhausted = n < len(chunk)
+        return bytes(self._head[offset:offset + length])
+
+
+def open_image(source: HTTPSource, peek: int = PEEK_BYTES) -> OpenedImage:
+    """Connect and read up to ``peek`` bytes; nothing is written yet."""
+    source.open()
+    for _ in range(source.retries + 1):
+        try:
+            return _read_firsts(source, peek)
+        except RestartFromZero:
+            continue  # the server cannot resume; peek again from byte 0
+    raise ImageDownloadError(f"{source.url} kept restarting from byte 0 while the image "
+                             "head was read")
+
+
+def _read_firsts(source: HTTPSource, peek: int = plumbing.BUFFER_SIZE) -> OpenedImage:
     pool = plumbing.Pool(IN_BUFFERS)
-    first = pool.get(threading.Event())
-    plumbing.fill(source.readinto, first)
-    return pool, first
-
-
-def _peek_head(first: plumbing.Buffer) -> tuple[str | None, bytes]:
-    """The compression kind and the first decompressed bytes, for inspection."""
-    kind = decompress.sniff(bytes(first.data[:8]))
-    if kind is None:
-        return None, bytes(first.data[:1 << 20])
-    view = first.data
-    pos = [0]
-
-    def read(n: int) -> bytes:
-        # slices, not one big copy: the peek must not double the buffer memory
-        chunk = bytes(view[pos[0]:pos[0] + n])
-        pos[0] += len(chunk)
-        return chunk
-    d = decompress.Decompressor(kind, read)
-    out = bytearray(1 << 20)
-    try:
-        n = d.readinto(memoryview(out))
-    except InvalidImage:
-        n = 0  # a short first buffer may end mid-stream; the full pass will judge
-    return kind, bytes(out[:n])
+    never = threading.Event()
+    firsts: list[plumbing.Buffer] = []
+    while sum(b.n for b in firsts) < peek and len(firsts) < IN_BUFFERS:
+        buf = pool.get(never)
+        plumbing.fill(source.readinto, buf)
+        firsts.append(buf)
+        if buf.n < len(buf.view):
+            break
+    compression = decompress.sniff(bytes(firsts[0].data[:8])) if firsts else None
+    return OpenedImage(pool, firsts, compression)
 
 
 def stream_image(source: HTTPSource, device: str, expected: Expected, *,
                  progress: Progress | None = None,
                  cancel_check: Callable[[], None] = lambda: None,
-                 options: StreamOptions | None = None) -> StreamReport:
+                 options: StreamOptions | None = None,
+                 opened: OpenedImage | None = None) -> StreamReport:
     """Write the image behind ``source`` onto ``device``; raise with the disk wiped."""
     opts = options or StreamOptions()
     progress = progress or Progress()
     started = time.monotonic()
-    progress.update(phase="connect", unit="bytes")
-    source.open()
-    pool, first = _first_buffer(source)
-    kind, head = _peek_head(first)
-    if opts.inspect_head is not None:
-        opts.inspect_head(head, kind)   # raises before the disk is touched
+    if opened is None:
+        progress.update(phase="connect", unit="bytes")
+        opened = open_image(source)
+        if opts.inspect_head is not None:
+            opts.inspect_head(opened)   # raises before the disk is touched
 
     writer = DeviceWriter(device, direct=opts.direct, zero_skip=opts.zero_skip,
-                          hash_output="sha256" if opts.verify_after_write else None)
+                          hash_output="sha256" if opts.verify_after_write else None,
+                          base=opts.base, hold_head=opts.hold_head, limit=opts.limit)
     attempt: _Attempt | None = None
     try:
         writer.begin()
         checksum_failures = 0
         while True:
-            attempt = _Attempt(source, writer, expected, first, pool)
+            attempt = _Attempt(source, writer, expected, opened)
             stages = plumbing.Stages()
             last_log = [time.monotonic()]
 
@@ -228,7 +289,7 @@ def stream_image(source: HTTPSource, device: str, expected: Expected, *,
                 stages.join(tick)
             except RestartFromZero:
                 writer.rewind()
-                pool, first = _first_buffer(source)
+                opened = _read_firsts(source)
                 continue
             _report(progress, source, attempt, writer, last_log, force=True)
             try:
@@ -240,11 +301,13 @@ def stream_image(source: HTTPSource, device: str, expected: Expected, *,
                 LOG.warning("checksum mismatch; downloading the whole image once more")
                 source.reopen()
                 writer.rewind()
-                pool, first = _first_buffer(source)
+                opened = _read_firsts(source)
                 continue
             break
         progress.update(phase="sync", done=0, total=None)
         writer.finish_body()
+        if opts.after_body is not None:
+            opts.after_body(writer)     # e.g. qemu-img converting the staged image
         writer.write_head()
         verified = False
         if opts.verify_after_write:

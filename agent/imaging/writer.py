@@ -39,8 +39,12 @@ def punch(fd: int, offset: int, length: int) -> None:
 
 class DeviceWriter:
     def __init__(self, device: str, *, direct: bool = True, zero_skip: bool = True,
-                 hash_output: str | None = None) -> None:
+                 hash_output: str | None = None, base: int = 0, hold_head: bool = True,
+                 limit: int | None = None) -> None:
         self.device = device
+        self.base = base             # device offset of image byte 0 (staging areas)
+        self.head_size = HEAD if hold_head else 0
+        self.limit = limit
         self.direct = direct
         self.zero_skip = zero_skip
         self.position = 0            # bytes of image consumed
@@ -67,18 +71,30 @@ class DeviceWriter:
         if self._out_hash is not None:
             self._out_hash.update(data)
         start = self.position
-        if start < HEAD:
-            take = min(HEAD - start, n)
+        if start < self.head_size:
+            take = min(self.head_size - start, n)
             self._head += data[:take]
             data = data[take:]
             start += take
         self.position += n
         if not len(data):
             return
-        if start + len(data) > self.size:
-            raise ImageWriteError(f"the image is larger than {self.device} "
-                                  f"({self.size} bytes); write stopped at byte {start}")
-        self._write_body(start, data)
+        room = self.size - self.base if self.limit is None else self.limit
+        if start + len(data) > room:
+            raise ImageWriteError(f"the image is larger than the {room} bytes available on "
+                                  f"{self.device}; write stopped at byte {start}")
+        self._write_body(self.base + start, data)
+
+    def pad(self, alignment: int) -> int:
+        """Zero-fill after the image up to ``alignment``; return the padded length.
+
+        qemu-img reads a staged image with direct I/O, which wants whole sectors.
+        """
+        padded = -(-self.position // alignment) * alignment
+        if padded > self.position:
+            os.pwrite(self.plain_fd, bytes(padded - self.position), self.base + self.position)
+            os.fsync(self.plain_fd)
+        return padded
 
     def rewind(self) -> None:
         """The stream restarts at byte 0: forget the held head, keep the wiped tables."""
@@ -95,7 +111,7 @@ class DeviceWriter:
     def write_head(self) -> None:
         """Last: the first MiB, which makes the disk bootable."""
         if self._head:
-            self._pwrite_any(0, memoryview(self._head))
+            self._pwrite_any(self.base, memoryview(self._head))
         os.fsync(self.fd)
         os.fsync(self.plain_fd)
 
@@ -106,7 +122,7 @@ class DeviceWriter:
     def abort(self) -> str:
         """Wipe the tables again (both ends of disk and image); say what was done."""
         try:
-            self._wipe_tables(extra_end=self.position)
+            self._wipe_tables(extra_end=self.base + self.position)
             os.fsync(self.plain_fd)
             return (f"{self.device} was left without a partition table (first and last MiB "
                     "wiped) and will not boot")

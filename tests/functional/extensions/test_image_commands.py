@@ -140,8 +140,31 @@ def test_deploy_steps_list_write_image(agent):
     assert "hardware_manager_version" in body["command_result"]
 
 
-def test_qcow2_is_refused_before_the_disk_is_touched(agent, image_server, loop_disk,
-                                                     tmp_path):
+def test_qcow2_deploys_through_staging(agent, image_server, loop_disk, tmp_path):
+    _, client = agent
+    qcow = tmp_path / "x.qcow2"
+    raw = tmp_path / "x.raw"
+    with open(raw, "wb") as f:
+        f.truncate(16 * MiB)
+        f.seek(3 * MiB)
+        f.write(os.urandom(2 * MiB))
+    subprocess.run(["sgdisk", "-n", "1:2048:0", str(raw)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", str(raw),
+                    str(qcow)], check=True, capture_output=True)
+    status, body = post(client, "standby.prepare_image",
+                        {"image_info": info(image_server, qcow.read_bytes(),
+                                            disk_format="qcow2"),
+                         "node": node_for(loop_disk)})
+    assert body["command_status"] == "SUCCEEDED", body["command_error"]
+    assert body["command_result"]["write"]["image_format"] == "qcow2"
+    with open(loop_disk, "rb") as f:
+        disk = f.read(16 * MiB)
+    assert disk[MiB:15 * MiB] == raw.read_bytes()[MiB:15 * MiB]
+    assert read_table(loop_disk).ok
+
+
+def test_declared_format_mismatch_is_refused_before_the_disk_is_touched(
+        agent, image_server, loop_disk, tmp_path):
     _, client = agent
     qcow = tmp_path / "x.qcow2"
     subprocess.run(["qemu-img", "create", "-f", "qcow2", str(qcow), "16M"], check=True,
@@ -149,10 +172,11 @@ def test_qcow2_is_refused_before_the_disk_is_touched(agent, image_server, loop_d
     with open(loop_disk, "r+b") as f:
         f.write(b"\xbb" * 4096)
     status, body = post(client, "standby.prepare_image",
-                        {"image_info": info(image_server, qcow.read_bytes()),
+                        {"image_info": info(image_server, qcow.read_bytes(), disk_format="raw"),
                          "node": node_for(loop_disk)})
     assert body["command_status"] == "FAILED"
-    assert "qcow2" in body["command_error"]["details"]
+    assert body["command_error"]["type"] == "InvalidImage"
+    assert "declared" in body["command_error"]["details"]
     with open(loop_disk, "rb") as f:
         assert f.read(4096) == b"\xbb" * 4096
 

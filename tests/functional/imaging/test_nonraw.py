@@ -18,6 +18,7 @@ import pytest
 
 from agent.errors import ImageChecksumError, InvalidImage, UnsafeDevice
 from agent.imaging import formats, nonraw
+from agent.imaging import qemu_img as qemu_img_mod
 from tests.conftest import requires_loop
 
 pytestmark = requires_loop
@@ -296,3 +297,55 @@ def test_qemu_info_agrees_with_the_result(tmp_path, make_loop, raw_source):
     info = json.loads(qemu_img("info", "-f", "vhdx", "--output=json", image))
     result = nonraw.write_nonraw(image, "vhdx", make_loop(80 * MiB))
     assert result["virtual_size"] == info["virtual-size"] == formats.inspect(image).virtual_size
+
+
+def partition(device: str, start_mib: int) -> str:
+    subprocess.run(["sgdisk", "-n", f"1:{start_mib * 2048}:0", device], check=True,
+                   capture_output=True)
+    subprocess.run(["partx", "-a", device], check=True, capture_output=True)
+    part = f"{device}p1"
+    assert os.path.exists(part), "BLKPG did not create the partition node"
+    return part
+
+
+def test_staging_in_a_partition_of_the_target(tmp_path, make_loop, raw_source):
+    image = make_image(tmp_path, raw_source, "vdi")
+    vsize, want = reference(tmp_path, image, "vdi")
+    device = make_loop(160 * MiB)
+    part = partition(device, 100)
+    size = stage(part, image, 0)
+    nonraw.write_nonraw(part, "vdi", device, source_size=size)
+    assert digest(device, vsize) == want
+
+
+def test_staging_partition_inside_the_image_area_is_refused(tmp_path, make_loop, raw_source):
+    image = make_image(tmp_path, raw_source, "vdi")
+    device = make_loop(160 * MiB)
+    part = partition(device, 30)
+    size = stage(part, image, MiB)
+    before = digest(device, 160 * MiB)
+    with pytest.raises(UnsafeDevice, match="overlaps"):
+        nonraw.write_nonraw(part, "vdi", device, source_offset=MiB, source_size=size)
+    assert digest(device, 160 * MiB) == before
+
+
+def test_qemu_reported_size_is_checked_again(tmp_path, make_loop, raw_source, monkeypatch):
+    # the inspector and qemu should agree; if they ever do not, qemu's figure decides
+    image = make_image(tmp_path, raw_source, "qcow2")
+    real = qemu_img_mod.info
+    monkeypatch.setattr(qemu_img_mod, "info",
+                        lambda *a, **kw: {**real(*a, **kw), "virtual-size": 2**40})
+    with pytest.raises(InvalidImage, match="virtual size 1099511627776 bytes exceeds"):
+        nonraw.write_nonraw(image, "qcow2", make_loop(80 * MiB))
+
+
+def test_qemu_info_second_opinion_refuses_references(tmp_path):
+    backed = str(tmp_path / "backed.qcow2")
+    qemu_img("create", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", "-u", backed, "1M")
+    with pytest.raises(InvalidImage, match="backing file \\('/etc/shadow'\\)"):
+        nonraw._refuse_references(qemu_img_mod.info(backed, "qcow2"))
+    data_file = str(tmp_path / "data")
+    external = str(tmp_path / "external.qcow2")
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={data_file}", external, "1M")
+    with pytest.raises(InvalidImage, match="external data file"):
+        nonraw._refuse_references(qemu_img_mod.info(external, "qcow2"))

@@ -226,7 +226,7 @@ def test_cancel_mid_write_leaves_disk_unbootable(image, image_server, loop_disk)
     def check() -> None:
         if cancel.is_set():
             raise Cancelled("cancelled by test")
-    threading.Timer(1.5, cancel.set).start()
+    threading.Timer(2.5, cancel.set).start()   # after the 8 MiB head was inspected
     with pytest.raises(Cancelled) as exc:
         stream_image(source(image_server), loop_disk, sha256(image), progress=progress,
                      cancel_check=check)
