@@ -98,6 +98,39 @@ def agent_run(url: str, name: str, dev: str, checksum: str, env: dict[str, str])
                 "rss": peak_rss_mib(proc.pid), "write": result["command_result"]["write"]}
 
 
+def agent_run_in_cgroup(url: str, name: str, dev: str, checksum: str, limit: int) -> dict:
+    """The agent (and its qemu-img) inside a cgroup v1 memory limit; cgroup peak too."""
+    path = f"/sys/fs/cgroup/memory/deploy-agent-bench-{os.getpid()}"
+    os.makedirs(path, exist_ok=True)
+    with open(f"{path}/memory.limit_in_bytes", "w") as f:
+        f.write(str(limit))
+    import bench.common as common
+    original = common.subprocess.Popen
+
+    def popen_in_cgroup(*args, **kwargs):
+        def enter() -> None:
+            with open(f"{path}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+        kwargs["preexec_fn"] = enter
+        return original(*args, **kwargs)
+    common.subprocess.Popen = popen_in_cgroup
+    try:
+        result = agent_run(url, name, dev, checksum, {})
+    finally:
+        common.subprocess.Popen = original
+    with open(f"{path}/memory.max_usage_in_bytes") as f:
+        result["cgroup_peak"] = int(f.read()) / MiB
+    with open(f"{path}/memory.failcnt") as f:
+        result["failcnt"] = int(f.read())
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return result
+
+
 def row(label: str, image_size: int, base: tuple, agent: dict) -> str:
     b_mbs = image_size / base[0] / 1e6
     a_mbs = image_size / agent["seconds"] / 1e6
@@ -142,8 +175,27 @@ def main() -> int:
              "| base RSS MiB | agent RSS MiB |",
              "|---|---|---|---|---|---|---|---|"]
     notes = []
-    with nginx(www) as url, tmpfs_loop(size + 64 * MiB, WORK) as dev:
-        for fmt in formats:
+    if "qcow2" in formats:
+        qcow = os.path.join(www, "image.qcow2")
+        cached_q = os.path.join(CACHE, f"image-{args.size_mib}.qcow2")
+        if not os.path.exists(cached_q):
+            sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", cached, cached_q)
+        shutil.copyfile(cached_q, qcow)
+    with nginx(www) as url, tmpfs_loop(2 * size + 64 * MiB, WORK) as dev:
+        if "qcow2" in formats:
+            qsize = os.path.getsize(qcow)
+            limit = 512 * MiB
+            base = run_shell(f"qemu-img convert -n -f qcow2 -O raw -t none {qcow} {dev}")
+            agent = agent_run_in_cgroup(url, "image.qcow2", dev, digest(qcow), limit)
+            conv = agent["write"]["conversion"] or {}
+            lines.append(row("qcow2", size, base, agent))
+            notes.append(
+                f"qcow2: file {qsize // MiB} MiB ({qsize / limit:.1f}x the {limit // MiB} MiB "
+                f"cgroup limit); baseline = local qemu-img convert; agent = download + "
+                f"stage + convert {agent['seconds']:.1f}s vs {base[0]:.1f}s; qemu-img peak "
+                f"RSS {conv.get('peak_rss_bytes', 0) / MiB:.0f} MiB; cgroup peak "
+                f"{agent['cgroup_peak']:.0f} MiB, failcnt {agent['failcnt']}")
+        for fmt in [f for f in formats if f != "qcow2"]:
             for _ in range(args.runs):
                 if fmt in ("raw", "sparse"):
                     name = "image.raw" if fmt == "raw" else "sparse.raw"

@@ -91,12 +91,14 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
     except BaseException:
         source.close()
         raise
+    conversion: dict[str, Any] = {}
     if inspection.format not in RAW_FORMATS:
         opts = _staging_options(opts, device, device_size, inspection, opened, source,
-                                progress, cancel_check)
+                                progress, cancel_check, conversion)
     report = stream_image(source, device, expected, progress=progress,
                           cancel_check=cancel_check, options=opts, opened=opened)
     report.image_format = inspection.format
+    report.conversion = conversion or None
     LOG.info("image %s written to %s: %s", spec.id, device, report.as_dict())
     return report, device
 
@@ -104,7 +106,8 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
 def _staging_options(opts: StreamOptions, device: str, device_size: int,
                      inspection: formats.Inspection, opened: OpenedImage,
                      source: HTTPSource, progress: Progress | None,
-                     cancel_check: Callable[[], None]) -> StreamOptions:
+                     cancel_check: Callable[[], None],
+                     conversion: dict[str, Any]) -> StreamOptions:
     """Non-raw images land, checksummed, behind their own virtual size; qemu-img converts.
 
     The image file is streamed (and hashed) into the disk's tail beyond the
@@ -136,6 +139,7 @@ def _staging_options(opts: StreamOptions, device: str, device_size: int,
                                      source_size=staged, progress=report,
                                      cancel_check=cancel_check)
         LOG.info("converted %s image: %s", inspection.format, result)
+        conversion.update(result, staged_at=stage_at, staged_bytes=staged)
 
     return dataclasses.replace(opts, base=stage_at, limit=room, hold_head=False,
                                after_body=convert)

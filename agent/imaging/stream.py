@@ -72,6 +72,7 @@ class StreamReport:
     restarts: int
     verified_after_write: bool
     image_format: str | None = None
+    conversion: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
