@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.hardware import disks, erase, hints, inventory, managers
+from agent.hardware import disks, erase, hints, managers
 from agent.hardware.erase_base import options_from_node
 
 LOG = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class GenericHardwareManager(managers.HardwareManager):
         return disks.list_disks(include_loop=bool(self.config.include_loop_devices))
 
     def list_hardware_info(self) -> dict[str, Any]:
+        from agent.hardware import inventory  # only inspection needs it; deploys stay lean
         return inventory.collect(self.config,
                                  disk_lister=lambda: managers.list_disks(self.state))
 

@@ -155,6 +155,8 @@ def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any
 
 
 def _configdrive_bytes(state: AgentState, value: Any) -> bytes | None:
+    if value is None or value == "":
+        return None     # spare the pycdlib import (memory) when there is no drive
     from agent.imaging import configdrive
     return configdrive.decode_configdrive(
         value, timeout=state.config.image_download_connection_timeout)
@@ -168,7 +170,7 @@ def _stream_options(state: AgentState, verify: bool) -> StreamOptions:
 def _finish_whole_disk(state: AgentState, device: str, data: bytes | None
                        ) -> dict[str, Any]:
     """After the image: backup GPT to the disk end, kernel re-read, config drive."""
-    from agent.imaging import configdrive, partition_edit, partition_table, reread
+    from agent.imaging import partition_edit, partition_table, reread
     table = partition_table.read_table(device)
     steps: dict[str, Any] = {"table": table.kind}
     if table.kind == "gpt" and table.backup_misplaced:
@@ -177,6 +179,7 @@ def _finish_whole_disk(state: AgentState, device: str, data: bytes | None
         steps["backup_gpt_relocated"] = True
     steps["reread"] = reread.reread(device).method
     if data is not None:
+        from agent.imaging import configdrive
         steps["configdrive"] = configdrive.write_configdrive(device, data)
     state.partition_uuids = {"root uuid": partition_table.mbr_disk_signature(device)}
     return steps
@@ -187,7 +190,7 @@ def _partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
                      cancel_check: Callable[[], None], verify: bool) -> dict[str, Any]:
     import platform
 
-    from agent.imaging import blockdev, configdrive, partition_image
+    from agent.imaging import blockdev, partition_image
     raw = spec.raw
     node = state.node or {}
     cpu_arch = (node.get("properties") or {}).get("cpu_arch") or platform.machine()
@@ -212,6 +215,7 @@ def _partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
                           progress=progress, cancel_check=cancel_check, options=opts)
     steps: dict[str, Any] = {"write": report.as_dict(), "partitions": layout}
     if data is not None:
+        from agent.imaging import configdrive
         steps["configdrive"] = configdrive.write_configdrive(
             device, data, partition=layout["configdrive"])
     state.partition_uuids = partition_image.partition_uuids(layout)

@@ -34,7 +34,10 @@ LOG_EVERY_S = 5.0
 # 4 x 2 MiB in flight kept throughput level with 4 x 4 MiB on this machine while
 # holding the agent's peak RSS near 62 MiB (bench/stream.py)
 IN_BUFFERS = 4
+# decompressed output is produced in one thread and written in another; two
+# 1 MiB buffers keep both busy (measured) at a quarter of the input's memory
 OUT_BUFFERS = 2
+OUT_BUFFER_SIZE = 1 << 20
 # format inspection needs this much of the head (vhdx metadata sits at 3 MiB)
 PEEK_BYTES = 8 << 20
 
@@ -129,7 +132,7 @@ class _Attempt:
         if self.kind is None:
             stages.start("write", lambda: write_from(to_next, self.pool))
             return
-        out_pool = plumbing.Pool(OUT_BUFFERS)
+        out_pool = plumbing.Pool(OUT_BUFFERS, OUT_BUFFER_SIZE)
         to_write = plumbing.Pipe(abort)
         reader = _PipeReader(to_next, self.pool)
         self.decompressor = decompress.open_decompressor(self.kind, reader.read)
@@ -209,6 +212,11 @@ class OpenedImage:
         self._fed += len(data)
         return data
 
+    def drop_head(self) -> None:
+        """Inspection is over: free the inflated head and its decompressor."""
+        self._head = bytearray()
+        self._inflater = None
+
     def read_at(self, offset: int, length: int) -> bytes:
         """Random access to the (decompressed) head, for format inspection."""
         if self.compression is None:
@@ -267,6 +275,7 @@ def stream_image(source: HTTPSource, device: str, expected: Expected, *,
         opened = open_image(source)
         if opts.inspect_head is not None:
             opts.inspect_head(opened)   # raises before the disk is touched
+    opened.drop_head()
 
     writer = DeviceWriter(device, direct=opts.direct, zero_skip=opts.zero_skip,
                           hash_output="sha256" if opts.verify_after_write else None,
