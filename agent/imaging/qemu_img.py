@@ -322,8 +322,10 @@ def _run(argv: list[str], progress: Callable[[float], None] | None,
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     sel.register(proc.stderr, selectors.EVENT_READ)
+    peak = 0
     try:
         while sel.get_map():
+            peak = max(peak, _hwm(proc.pid))
             if cancel_check:
                 cancel_check()
             if deadline is not None and time.monotonic() > deadline:
@@ -344,8 +346,26 @@ def _run(argv: list[str], progress: Callable[[float], None] | None,
         sel.close()
         proc.stdout.close()
         proc.stderr.close()
-    rc, rss = _reap(proc)
-    return rc, err.decode("utf-8", "replace"), rss
+    peak = max(peak, _hwm(proc.pid))
+    rc, _ = _reap(proc)
+    return rc, err.decode("utf-8", "replace"), peak
+
+
+def _hwm(pid: int) -> int:
+    """qemu-img's own peak RSS.
+
+    Not wait4's ru_maxrss: on Linux that keeps the high-water mark of the
+    forking parent from before exec, so a large agent would be blamed on
+    qemu-img.  VmHWM belongs to the exec'd image alone.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _progress(data: bytes, progress: Callable[[float], None] | None) -> bytes:
@@ -360,7 +380,6 @@ def _progress(data: bytes, progress: Callable[[float], None] | None) -> bytes:
 
 
 def _reap(proc: subprocess.Popen) -> tuple[int, int]:
-    # wait4 hands back the child's own rusage: its peak RSS, exactly
     try:
         _pid, status, usage = os.wait4(proc.pid, 0)
     except ChildProcessError:
