@@ -77,9 +77,19 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
+DEBIAN_ARCH = {"x86_64": "amd64", "ppc64le": "ppc64el", "aarch64": "arm64"}
+
+
+def tools_for_this_machine(machine: str | None = None) -> list[str]:
+    """The tools that make sense here: efibootmgr on ppc64le is not 'missing'."""
+    import platform
+    arch = DEBIAN_ARCH.get(machine or platform.machine())
+    return [n for n, t in TOOLS.items() if arch is None or arch in t.arches]
+
+
 def check_tools(names: Sequence[str] | None = None) -> dict[str, str | None]:
-    """Map every tool to its path, or None when missing."""
-    return {n: which(n) for n in (names or TOOLS)}
+    """Map every tool (for this architecture) to its path, or None when missing."""
+    return {n: which(n) for n in (names or tools_for_this_machine())}
 
 
 def missing_report(found: Mapping[str, str | None]) -> list[str]:

@@ -1,0 +1,422 @@
+"""Structure of the diskimage-builder elements, checked without building an image.
+
+The package lists are resolved the way diskimage-builder's package-installs
+and pkg-map elements resolve them, once per architecture, and compared with
+agent/tools.py.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import yaml
+
+from agent.tools import TOOLS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+ELEMENTS = os.path.join(REPO, "elements")
+NAMES = ("deploy-agent", "deploy-agent-ramdisk")
+ARCHES = ("amd64", "ppc64el")
+PHASES = ("root.d", "extra-data.d", "pre-install.d", "install.d", "post-install.d",
+          "block-device.d", "pre-finalise.d", "finalise.d", "cleanup.d")
+PARAMS = {"arch", "not-arch", "uninstall", "build-only", "phase", "when", "installtype",
+          "dib_python_version"}
+STATIC = os.path.join(ELEMENTS, "deploy-agent", "static")
+
+
+def _load(name: str, path: str):
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+build_ramdisk = _load("build_ramdisk_for_elements", os.path.join(REPO, "tools", "build-ramdisk"))
+modules = _load("ramdisk_modules", os.path.join(
+    ELEMENTS, "deploy-agent-ramdisk", "post-install.d", "98-deploy-agent-ramdisk-modules"))
+wheelhouse = _load("deploy_agent_wheelhouse", os.path.join(
+    ELEMENTS, "deploy-agent", "extra-data.d", "deploy-agent-lib", "wheelhouse.py"))
+
+
+def _package_installs(element: str) -> dict:
+    with open(os.path.join(ELEMENTS, element, "package-installs.yaml")) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _pkg_map(element: str) -> dict:
+    with open(os.path.join(ELEMENTS, element, "pkg-map")) as f:
+        return json.load(f)["family"]["debian"]
+
+
+def _for_arch(params: dict, arch: str) -> bool:
+    # diskimage-builder splits on "," without stripping, so no spaces allowed
+    if "arch" in params:
+        return arch in params["arch"].split(",")
+    if "not-arch" in params:
+        return arch not in params["not-arch"].split(",")
+    return True
+
+
+def resolve(arch: str) -> set[str]:
+    """Debian packages the elements leave installed for ``arch``."""
+    installed: set[str] = set()
+    for element in NAMES:
+        mapping = _pkg_map(element)
+        for key, params in _package_installs(element).items():
+            for entry in (params or [{}]) if isinstance(params, list) else [params or {}]:
+                if entry.get("uninstall") or entry.get("build-only"):
+                    continue
+                if _for_arch(entry, arch) and mapping.get(key, key):
+                    installed.add(mapping.get(key, key))
+    return installed
+
+
+# ------------------------------------------------------------------ element layout
+
+@pytest.mark.parametrize("element", NAMES)
+def test_element_has_the_dib_files(element):
+    path = os.path.join(ELEMENTS, element)
+    for name in ("README.rst", "element-deps", "package-installs.yaml", "pkg-map"):
+        assert os.path.isfile(os.path.join(path, name)), f"{element} lacks {name}"
+    with open(os.path.join(path, "README.rst")) as f:
+        title = f.read().splitlines()[:3]
+    assert title[1] == element and set(title[0]) == {"="}, "README starts with the element name"
+
+
+@pytest.mark.parametrize("element", NAMES)
+def test_element_deps_are_element_names(element):
+    with open(os.path.join(ELEMENTS, element, "element-deps")) as f:
+        deps = [line.strip() for line in f if line.strip()]
+    assert deps
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*", d) for d in deps), deps
+    assert "package-installs" in deps and "pkg-map" in deps
+
+
+@pytest.mark.parametrize("element", NAMES)
+def test_package_installs_use_known_parameters(element):
+    for key, params in _package_installs(element).items():
+        entry = params or {}
+        assert isinstance(entry, dict), f"{key}: expected a mapping"
+        assert set(entry) <= PARAMS, f"{key}: unknown parameters {set(entry) - PARAMS}"
+        assert not ("arch" in entry and "not-arch" in entry), f"{key}: arch and not-arch"
+        for field in ("arch", "not-arch"):
+            if field in entry:
+                assert " " not in entry[field], f"{key}: DIB does not strip spaces"
+                assert set(entry[field].split(",")) <= set(ARCHES), key
+
+
+@pytest.mark.parametrize("element", NAMES)
+def test_pkg_map_values_are_single_debian_packages(element):
+    for key, value in _pkg_map(element).items():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", value), f"{key} -> {value!r}"
+
+
+def _hook_scripts():
+    for element in NAMES:
+        for phase in PHASES:
+            directory = os.path.join(ELEMENTS, element, phase)
+            if os.path.isdir(directory):
+                for name in sorted(os.listdir(directory)):
+                    path = os.path.join(directory, name)
+                    if os.path.isfile(path):
+                        yield pytest.param(path, id=f"{element}/{phase}/{name}")
+
+
+@pytest.mark.parametrize("path", list(_hook_scripts()))
+def test_hook_scripts_run_under_dib_run_parts(path):
+    name = os.path.basename(path)
+    assert re.fullmatch(r"[0-9]{2}-[A-Za-z0-9_-]+", name), "dib-run-parts skips this name"
+    assert os.access(path, os.X_OK), "dib-run-parts skips non-executable hooks"
+    with open(path) as f:
+        text = f.read()
+    shebang = text.splitlines()[0]
+    if "python" in shebang:
+        compile(text, path, "exec")
+    else:
+        assert shebang == "#!/bin/bash"
+        assert "set -eu" in text and "set -o pipefail" in text
+        subprocess.run(["bash", "-n", path], check=True)
+
+
+def test_environment_files_are_valid_bash():
+    directory = os.path.join(ELEMENTS, "deploy-agent", "environment.d")
+    for name in os.listdir(directory):
+        subprocess.run(["bash", "-n", os.path.join(directory, name)], check=True)
+
+
+@pytest.mark.parametrize("path", list(_hook_scripts()))
+def test_no_hook_branches_on_arch(path):
+    with open(path) as f:
+        text = f.read()
+    # handing ARCH to the wheelhouse helper picks a wheel platform, not packages
+    text = text.replace('--arch "${ARCH}"', "")
+    assert not re.search(r"\$\{?ARCH\b", text), \
+        "architecture conditions belong in package-installs.yaml (arch:/not-arch:)"
+
+
+# ------------------------------------------------------------------ tools coverage
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_every_agent_tool_is_installed_or_explicitly_excluded(arch):
+    installed = resolve(arch)
+    entries = _package_installs("deploy-agent")
+    for name, tool in TOOLS.items():
+        assert name in entries, (f"{name} from agent/tools.py is not in package-installs.yaml; "
+                                 "run tools/build-ramdisk --sync-tool-packages")
+        entry = entries[name] or {}
+        if arch in tool.arches:
+            assert tool.package in installed, f"{name} ({tool.package}) missing on {arch}"
+            assert _for_arch(entry, arch)
+        else:
+            assert ("arch" in entry or "not-arch" in entry) and not _for_arch(entry, arch), \
+                f"{name} is not for {arch} but the lists do not exclude it explicitly"
+
+
+def test_tool_block_is_what_the_sync_writes():
+    with open(os.path.join(ELEMENTS, "deploy-agent", "package-installs.yaml")) as f:
+        text = f.read()
+    start = text.index(build_ramdisk.TOOLS_BEGIN)
+    end = text.index(build_ramdisk.TOOLS_END) + len(build_ramdisk.TOOLS_END) + 1
+    assert text[start:end] == build_ramdisk.tool_block(TOOLS), \
+        "run tools/build-ramdisk --sync-tool-packages"
+    mapping = _pkg_map("deploy-agent")
+    assert {n: mapping.get(n) for n in TOOLS} == {n: t.package for n, t in TOOLS.items()}
+
+
+def test_arch_specific_bootloader_and_firmware_tooling():
+    amd64, ppc = resolve("amd64"), resolve("ppc64el")
+    assert {"efibootmgr", "grub-efi-amd64-bin", "grub-pc-bin", "dmidecode"} <= amd64
+    assert not {"efibootmgr", "dmidecode", "grub-efi-amd64-bin", "grub-pc-bin"} & ppc
+    assert {"grub-ieee1275-bin", "powerpc-utils", "linux-image-powerpc64le"} <= ppc
+    assert not {"grub-ieee1275-bin", "linux-image-powerpc64le"} & amd64
+
+
+def test_ramdisk_basics_on_both_arches():
+    for arch in ARCHES:
+        packages = resolve(arch)
+        assert {"systemd-sysv", "udev", "kmod", "python3-psutil", "ca-certificates",
+                "systemd-resolved"} <= packages, arch
+
+
+def test_build_only_packages_do_not_stay():
+    assert "binutils" not in resolve("amd64")
+    assert _package_installs("deploy-agent")["binutils"] == {"build-only": True}
+
+
+def test_build_time_drift_check_accepts_the_checkout_and_names_a_missing_tool(tmp_path,
+                                                                              capsys):
+    element = os.path.join(ELEMENTS, "deploy-agent")
+    wheelhouse.check_tool_packages(REPO, element)
+    copy = tmp_path / "deploy-agent"
+    copy.mkdir()
+    shutil.copy(os.path.join(element, "pkg-map"), copy)
+    with open(os.path.join(element, "package-installs.yaml")) as f:
+        text = f.read()
+    (copy / "package-installs.yaml").write_text(text.replace("\nsgdisk:\n", "\n"))
+    with pytest.raises(SystemExit):
+        wheelhouse.check_tool_packages(REPO, str(copy))
+    assert "sgdisk is missing from package-installs.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ wheelhouse helpers
+
+def test_wheel_requirements_skip_extras_and_debian_provided(tmp_path):
+    wheel = tmp_path / "deploy_agent-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("deploy_agent-0.1.0.dist-info/METADATA", "\n".join([
+            "Metadata-Version: 2.1", "Name: deploy-agent", "Version: 0.1.0",
+            "Requires-Dist: flask>=2.3", "Requires-Dist: psutil>=5.9",
+            "Requires-Dist: zstandard>=0.21", "Provides-Extra: test",
+            'Requires-Dist: pytest>=7.4; extra == "test"']))
+    assert wheelhouse.requirements(str(wheel)) == ["flask>=2.3", "zstandard>=0.21"]
+
+
+def test_wheel_platforms_follow_the_debian_arch():
+    args = wheelhouse.platform_args("ppc64el")
+    assert "manylinux2014_ppc64le" in args and "manylinux_2_28_ppc64le" in args
+    assert not any("x86_64" in a for a in args)
+    with pytest.raises(SystemExit):
+        wheelhouse.platform_args("sparc64")
+
+
+def test_target_python_read_from_the_chroot_symlink(tmp_path, monkeypatch):
+    monkeypatch.delenv("DIB_DEPLOY_AGENT_PYTHON_VERSION", raising=False)
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    os.symlink("python3.11", tmp_path / "usr" / "bin" / "python3")
+    assert wheelhouse.target_python(str(tmp_path)) == "3.11"
+    monkeypatch.setenv("DIB_DEPLOY_AGENT_PYTHON_VERSION", "3.13")
+    assert wheelhouse.target_python(str(tmp_path)) == "3.13"
+
+
+# ------------------------------------------------------------------ module pruning
+
+def test_module_allow_list_longest_prefix_wins():
+    assert modules.wanted("kernel/drivers/nvme/host/nvme.ko")
+    assert modules.wanted("kernel/drivers/net/virtio_net.ko")
+    assert modules.wanted("kernel/drivers/net/ethernet/intel/ice/ice.ko")
+    assert not modules.wanted("kernel/drivers/net/ethernet/3com/3c59x.ko")
+    assert not modules.wanted("kernel/drivers/scsi/lpfc/lpfc.ko")
+    assert modules.wanted("kernel/drivers/scsi/megaraid/megaraid_sas.ko")
+    assert not modules.wanted("kernel/drivers/gpu/drm/i915/i915.ko")
+    assert modules.wanted("kernel/drivers/gpu/drm/i915/i915.ko", ("drivers/gpu/",))
+
+
+def test_module_closure_keeps_dependencies_outside_the_allow_list(tmp_path):
+    (tmp_path / "modules.dep").write_text(
+        "kernel/drivers/md/raid456.ko: kernel/crypto/async_tx/async_pq.ko "
+        "kernel/lib/raid6/raid6_pq.ko\n"
+        "kernel/crypto/async_tx/async_pq.ko: kernel/lib/raid6/raid6_pq.ko\n"
+        "kernel/lib/raid6/raid6_pq.ko:\n"
+        "kernel/drivers/gpu/drm/drm.ko:\n")
+    deps = modules.read_deps(str(tmp_path))
+    keep = modules.closure(deps, {m for m in deps if modules.wanted(m)})
+    assert keep == {"kernel/drivers/md/raid456.ko", "kernel/crypto/async_tx/async_pq.ko",
+                    "kernel/lib/raid6/raid6_pq.ko"}
+
+
+def test_newest_kernel_compares_versions_numerically(tmp_path):
+    for version in ("6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-10-amd64"):
+        (tmp_path / version).mkdir()
+    assert modules.newest_kernel(str(tmp_path)) == "6.1.0-56-amd64"
+
+
+def test_firmware_not_asked_for_is_pruned(tmp_path):
+    (tmp_path / "bnx2x").mkdir()
+    (tmp_path / "bnx2x" / "bnx2x-e2-7.13.21.0.fw").write_bytes(b"x")
+    (tmp_path / "i915").mkdir()
+    (tmp_path / "i915" / "tgl_dmc.bin.xz").write_bytes(b"x")
+    (tmp_path / "regulatory.db").write_bytes(b"x")
+    removed = modules.prune_firmware(str(tmp_path), {"bnx2x/bnx2x-e2-7.13.21.0.fw"})
+    assert removed == 2
+    assert sorted(os.listdir(tmp_path)) == ["bnx2x"]
+
+
+# ------------------------------------------------------------------ static files
+
+def test_systemd_unit_starts_the_agent_with_restart():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(os.path.join(STATIC, "etc/systemd/system/deploy-agent.service"))
+    assert unit["Service"]["ExecStart"] == "/usr/local/bin/deploy-agent serve --ramdisk true"
+    assert unit["Service"]["Restart"] == "always"
+    assert float(unit["Service"]["RestartSec"]) > 0
+    assert unit["Unit"]["StartLimitIntervalSec"] == "0"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert "network-online.target" in unit["Unit"]["Wants"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_units_verify_cleanly(tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(os.path.join(STATIC, "etc"), root / "etc")
+    # verify resolves dependencies and executables inside --root
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/deploy-agent").write_text("#!/bin/sh\n")
+    (root / "usr/local/bin/deploy-agent").chmod(0o755)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}",
+         "/etc/systemd/system/deploy-agent.service"], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stdout + result.stderr, \
+        result.stdout + result.stderr
+
+
+def test_journal_is_volatile_and_capped():
+    conf = configparser.ConfigParser()
+    conf.read(os.path.join(STATIC, "etc/systemd/journald.conf.d/50-deploy-agent.conf"))
+    assert conf["Journal"]["Storage"] == "volatile"
+    assert conf["Journal"]["RuntimeMaxUse"].endswith("M")
+
+
+def test_dhcp_on_every_wired_interface():
+    conf = configparser.ConfigParser()
+    conf.read(os.path.join(STATIC, "etc/systemd/network/80-deploy-agent-wired.network"))
+    assert set(conf["Match"]["Name"].split()) == {"en*", "eth*"}
+    assert conf["Network"]["DHCP"] == "yes"
+
+
+def test_wait_online_needs_only_one_interface():
+    path = os.path.join(STATIC, "etc/systemd/system/systemd-networkd-wait-online.service.d",
+                        "50-deploy-agent.conf")
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.startswith("ExecStart")]
+    assert lines[0] == "ExecStart=" and "--any" in lines[1]
+
+
+def test_ipxe_template_matches_ironic_kernel_parameters():
+    with open(os.path.join(STATIC, "usr/share/deploy-agent/boot.ipxe.template")) as f:
+        text = f.read()
+    kernel = next(line for line in text.splitlines() if line.startswith("kernel "))
+    for param in ("selinux=0", "troubleshoot=0", "text", "nofb", "vga=normal",
+                  "console=ttyS0,115200n8", "ipa-api-url=@API_URL@", "BOOTIF=${mac}",
+                  "initrd=deploy_ramdisk"):
+        assert param in kernel.split(), param
+    assert "initrd --name deploy_ramdisk" in text and "\nboot\n" in text
+
+
+def test_python_helpers_need_only_the_stdlib():
+    # wheelhouse.py runs with whatever Python drives diskimage-builder
+    tree = open(wheelhouse.__file__).read()
+    imports = set(re.findall(r"^(?:import|from) (\w+)", tree, re.M))
+    assert imports <= set(sys.stdlib_module_names) | {"agent"}
+
+
+# ------------------------------------------------------------------ packing
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("sudo", "cpio", "zstd")),
+                    reason="needs sudo, cpio and zstd")
+def test_pack_writes_kernel_and_a_cpio_of_the_tree(tmp_path):
+    root = tmp_path / "root"
+    files = {"boot/vmlinuz-6.1.0-9-amd64": "old kernel", "boot/vmlinuz-6.1.0-10-amd64": "kernel",
+             "etc/fstab": "LABEL=cloudimg-rootfs / ext4 defaults 0 1\n",
+             "etc/machine-id": "0123456789abcdef\n", "usr/bin/hello": "#!/bin/sh\n",
+             "proc/leftover": "x", "lost+found/junk": "x", "tmp/build-file": "x",
+             "var/cache/apt/archives/pkg.deb": "x"}
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(content)
+    os.symlink("/sbin/init", root / "init")
+    os.symlink("boot/vmlinuz-6.1.0-10-amd64", root / "vmlinuz")
+    image = tmp_path / "out" / "deploy-agent"
+    image.parent.mkdir()
+    script = os.path.join(ELEMENTS, "deploy-agent-ramdisk", "cleanup.d",
+                          "90-deploy-agent-ramdisk-pack")
+    result = subprocess.run([script], env=dict(os.environ, TARGET_ROOT=str(root),
+                                               IMAGE_NAME=str(image),
+                                               DIB_DEPLOY_AGENT_RAMDISK_LEVEL="3"),
+                            capture_output=True, text=True, check=True)
+    assert "initramfs" in result.stdout and "MiB (zstd" in result.stdout
+    # the newest kernel by version, not by name
+    assert (tmp_path / "out/deploy-agent.kernel").read_text() == "kernel"
+    archive = subprocess.run(f"zstd -dc {image}.initramfs", shell=True, capture_output=True,
+                             check=True).stdout
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=archive, capture_output=True,
+                             check=True).stdout.decode().split()
+    assert {"usr/bin/hello", "init", "proc", "tmp", "etc/fstab"} <= set(listing)
+    assert not [p for p in listing if p.startswith(("boot", "lost+found", "proc/", "tmp/",
+                                                    "vmlinuz"))]
+    assert "var/cache/apt/archives/pkg.deb" not in listing
+    assert archive.rstrip(b"\0").endswith(b"TRAILER!!!") and b"dev/console" in archive[-2048:]
+    assert (root / "etc/fstab").read_text().startswith("#")
+    assert (root / "etc/machine-id").read_text() == ""
+
+
+def test_pack_rejects_an_unknown_compression(tmp_path):
+    script = os.path.join(ELEMENTS, "deploy-agent-ramdisk", "cleanup.d",
+                          "90-deploy-agent-ramdisk-pack")
+    result = subprocess.run([script], env=dict(os.environ, TARGET_ROOT=str(tmp_path),
+                                               IMAGE_NAME=str(tmp_path / "x"),
+                                               DIB_DEPLOY_AGENT_RAMDISK_COMPRESSION="lz5"),
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "unknown compression 'lz5'" in result.stderr
