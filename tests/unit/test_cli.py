@@ -205,11 +205,18 @@ def test_progress_printer_bar_on_a_tty() -> None:
     assert text.endswith("\x1b[K\n")
 
 
-def test_tools_lists_every_tool(capsys) -> None:
+def test_tools_lists_every_tool_for_this_architecture(capsys) -> None:
     cli.main(["tools"])
     out = capsys.readouterr().out
-    for name in tools.TOOLS:
+    for name in tools.tools_for_this_machine():
         assert name in out
+
+
+def test_tools_of_other_architectures_are_not_reported_missing() -> None:
+    assert "grub-install" not in tools.tools_for_this_machine("x86_64")
+    assert "efibootmgr" not in tools.tools_for_this_machine("ppc64le")
+    assert "grub-install" in tools.tools_for_this_machine("ppc64le")
+    assert set(tools.tools_for_this_machine("riscv64")) == set(tools.TOOLS)
 
 
 def test_tools_exit_1_when_a_required_tool_is_missing(capsys, monkeypatch) -> None:
