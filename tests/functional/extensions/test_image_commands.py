@@ -274,3 +274,17 @@ def test_bad_partition_sizes_fail_before_the_disk_is_touched(agent, image_server
     assert "root_mb" in body["command_error"]["details"]
     with open(loop_disk, "rb") as f:
         assert f.read(4096) == b"\xcc" * 4096
+
+
+@pytest.mark.parametrize("kind", ["deploy", "service", "clean"])
+def test_step_commands_check_parameter_types_in_the_request(agent, kind):
+    _, client = agent
+    status, body = post(client, f"{kind}.execute_{kind}_step",
+                        {"step": "write_image", "node": {}, "ports": []})
+    assert status == 400 and "'step' must be an object" in body["faultstring"]
+    status, body = post(client, f"{kind}.execute_{kind}_step",
+                        {"step": {"step": "x", "interface": "deploy"},
+                         f"{kind}_version": "1.0"})
+    assert status == 400 and f"'{kind}_version' must be an object" in body["faultstring"]
+    status, body = post(client, f"{kind}.get_{kind}_steps", {"node": [], "ports": []})
+    assert status == 400 and "'node' must be an object" in body["faultstring"]
