@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -155,6 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     agentlog.setup(cfg.debug, cfg.log_file)
     from agent.runtime import Runtime
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # `kill -USR1 <pid>` prints every thread's stack: the way into a hung deploy
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     runtime = Runtime(cfg)
     LOG.info("deploy-agent %s starting (%s)", __version__,
              "standalone" if cfg.standalone or not cfg.api_url else "controller "

@@ -344,18 +344,37 @@ def stream_image(source: HTTPSource, device: str, expected: Expected, *,
         verified_after_write=verified)
 
 
+STALL_S = 120.0
+
+
 def _report(progress: Progress, source: HTTPSource, attempt: _Attempt, writer: DeviceWriter,
             last_log: list[float], force: bool = False) -> None:
     progress.update(done=source.received, total=source.total,
                     bytes_received=source.received, bytes_written=writer.position,
                     compression=attempt.kind)
     now = time.monotonic()
+    moved = (source.received, writer.position)
+    if len(last_log) < 3 or last_log[1] != moved:
+        last_log[1:] = [moved, now, False]
+    elif not last_log[3] and now - last_log[2] > STALL_S:
+        # a stuck stage is otherwise invisible: say where every thread waits, once
+        last_log[3] = True
+        LOG.warning("image stream made no progress for %.0fs; thread stacks:\n%s",
+                    now - last_log[2], _thread_stacks())
     if force or now - last_log[0] >= LOG_EVERY_S:
         last_log[0] = now
         snap = progress.snapshot()
         LOG.info("image: received %d of %s bytes, written %d, %.1f MB/s",
                  source.received, source.total or "?", writer.position,
                  (snap.get("rate") or 0) / 1e6)
+
+
+def _thread_stacks() -> str:
+    import sys
+    import traceback
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+                     for ident, frame in sys._current_frames().items())
 
 
 def verify_device(device: str, length: int, digest: str, progress: Progress,
