@@ -1,0 +1,95 @@
+"""tools/vm-deploy as a test (tox -e e2e): real QEMU, real iPXE, the real ramdisk.
+
+Each case runs the command exactly as a developer would and checks its
+exit status and the result it writes with ``--json``.  The cases share the
+artifact cache (.cache/vm, or VM_DEPLOY_CACHE), so only the first one pays
+for the ramdisk and test OS builds.  One QEMU runs at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VM_DEPLOY = os.path.join(REPO, "tools", "vm-deploy")
+# a cold run builds the ramdisk (minutes); cached ones take one to two minutes
+TIMEOUT_S = 1500
+
+pytestmark = [
+    pytest.mark.timeout(TIMEOUT_S),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the ramdisk build needs root"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                       reason="apt-get install qemu-system-x86 ipxe-qemu ovmf socat"),
+]
+
+
+# prebuilt ramdisks (e.g. from the ramdisk tier) instead of tools/vm-deploy's own cached build
+RAMDISK_ENV = {"amd64": "VM_DEPLOY_RAMDISK_DIR", "ppc64el": "VM_DEPLOY_PPC64EL_RAMDISK_DIR"}
+
+
+def vm_deploy(tmp_path, *args: str, arch: str = "amd64") -> tuple[int, dict, str]:
+    result_file = tmp_path / "result.json"
+    extra = []
+    if os.environ.get(RAMDISK_ENV[arch]):
+        extra = ["--ramdisk-dir", os.environ[RAMDISK_ENV[arch]]]
+    argv = [sys.executable, VM_DEPLOY, *args, *extra, "--json", str(result_file)]
+    if shutil.which("setpriv"):
+        # if pytest itself is killed, tools/vm-deploy still gets to stop its VMs
+        argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S - 60)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: tools/vm-deploy stops QEMU and its helpers on the way out
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        print(out)
+        pytest.fail(f"tools/vm-deploy {' '.join(args)} did not finish in {TIMEOUT_S - 60}s")
+    print(out)                  # shown by pytest when the test fails
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    return proc.returncode, result, out
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_deploy_and_boot_the_deployed_os(tmp_path, firmware):
+    code, result, out = vm_deploy(tmp_path, "--firmware", firmware)
+    assert code == 0, result.get("error")
+    assert result["ok"] and result["firmware"] == firmware
+    timings = result["timings"]
+    assert {"build", "boot to API", "deploy", "reboot to marker"} <= set(timings)
+    assert "the deployed OS booted from disk and read hostname vm-deploy-" in out
+    if firmware == "uefi":
+        assert "bootloader installed (whole-disk image in UEFI mode)" in out
+        # OVMF started the OS through the NVRAM entry install_bootloader wrote
+        assert "firmware started Boot" in out
+
+
+@pytest.mark.parametrize("negative", ["bad-checksum", "unreachable-image"])
+def test_failed_deploy_leaves_an_unbootable_disk(tmp_path, negative):
+    code, result, out = vm_deploy(tmp_path, "--negative", negative)
+    assert code == 0, result.get("error")
+    assert "deploy failed as expected" in out
+    assert "the disk did not boot" in out
+    assert "disk boot refused" in result["timings"]
+
+
+def test_ppc64le_ramdisk_answers_get_hardware_info(tmp_path):
+    if shutil.which("qemu-system-ppc64") is None:
+        pytest.skip("apt-get install qemu-system-ppc")
+    code, result, out = vm_deploy(tmp_path, "--arch", "ppc64el", arch="ppc64el")
+    if code == 2 and "no ppc64el ramdisk could be built" in out:
+        pytest.skip("this machine cannot build a ppc64el ramdisk: " + out.splitlines()[-1])
+    assert code == 0, result.get("error")
+    assert "get_hardware_info" in result["timings"]
+    assert "ppc64le" in out

@@ -1,0 +1,83 @@
+"""``tools/vm-deploy``: argument parsing and the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from vm import procs
+from vm.report import say
+
+EPILOG = """\
+exit status: 0 when the run proved its point (the deployed OS booted; for
+--negative, the deploy failed clearly and the disk did not boot; for --arch
+ppc64el, the agent answered poll.get_hardware_info), 1 when it did not, 2 on
+bad usage or a missing prerequisite.  Artifacts are cached in .cache/vm/
+(VM_DEPLOY_CACHE overrides), each run's logs in .cache/vm/runs/."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="vm-deploy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Boot the deploy ramdisk in QEMU through iPXE, deploy a small test OS "
+                    "with a config drive through the agent, and boot the deployed disk.")
+    p.add_argument("--arch", choices=("amd64", "ppc64el"), default="amd64",
+                   help="amd64: the full deploy; ppc64el: boot the ramdisk under "
+                        "qemu-system-ppc64 -M pseries and run poll.get_hardware_info")
+    p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
+                   help="SeaBIOS or OVMF (amd64)")
+    p.add_argument("--negative", choices=("bad-checksum", "unreachable-image"),
+                   help="expect the deploy to fail this way and the disk not to boot")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: KVM when a probe shows it runs guests fast, else TCG")
+    p.add_argument("--ramdisk-dir", help="use this kernel + initramfs instead of building "
+                                         "(must hold deploy-agent.kernel/.initramfs)")
+    p.add_argument("--cache-dir", help="artifact cache (default .cache/vm)")
+    p.add_argument("--memory", type=int,
+                   help="guest RAM in MiB (default: 1024 for amd64, the ramdisk's budget; "
+                        "2048 for ppc64el, whose initramfs does not unpack in 1024 today)")
+    p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
+    p.add_argument("--kernel-arg", action="append", default=[],
+                   help="extra ramdisk kernel parameter, e.g. ipa-debug=1 (repeatable)")
+    p.add_argument("--api-timeout", type=float, default=300.0,
+                   help="seconds from power on to the agent's first heartbeat")
+    p.add_argument("--deploy-timeout", type=float, default=300.0,
+                   help="seconds for the whole deploy, write_image to power off")
+    p.add_argument("--json", help="write the result and timings to this file")
+    args = p.parse_args(argv)
+    if args.memory is None:
+        args.memory = 2048 if args.arch == "ppc64el" else 1024
+    if args.arch == "ppc64el" and (args.negative or args.firmware != "bios"):
+        p.error("--arch ppc64el is a smoke test: no --negative or --firmware")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.cache_dir:
+        os.environ["VM_DEPLOY_CACHE"] = os.path.abspath(args.cache_dir)
+    from vm import flow, ppc, qemu, ramdisk, testos
+
+    opts = flow.Options(firmware=args.firmware, negative=args.negative, accel=args.accel,
+                        ramdisk_dir=args.ramdisk_dir, cache_dir=args.cache_dir,
+                        memory_mib=args.memory, smp=args.smp, kernel_args=args.kernel_arg,
+                        api_timeout=args.api_timeout, deploy_timeout=args.deploy_timeout,
+                        json_path=args.json)
+    prerequisites = (qemu.QemuMissing, ramdisk.RamdiskError, testos.BuildError)
+    with procs.Supervisor() as sup:
+        run = ppc.SmokeRun(opts, sup) if args.arch == "ppc64el" else flow.DeployRun(opts, sup)
+        try:
+            run.execute()
+        except procs.Interrupted:
+            say("interrupted; stopping everything this run started")
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
+            run.on_failure(exc)
+            run.timings.print()
+            run.write_json(False, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, prerequisites):
+                return 2
+            return 1
+        run.timings.print()
+        run.write_json(True, None)
+        return 0
