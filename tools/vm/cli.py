@@ -80,4 +80,5 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         run.timings.print()
         run.write_json(True, None)
+        run.discard_disk()
         return 0

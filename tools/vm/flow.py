@@ -70,6 +70,7 @@ class DeployRun(RunBase):
         super().__init__(opts, sup, opts.firmware
                          + (f"-{opts.negative}" if opts.negative else ""))
         self.hostname = f"vm-deploy-{random.randrange(16**6):06x}"
+        self.ovmf_vars: str | None = None       # one private NVRAM per run, kept across boots
 
     # -- phases ----------------------------------------------------------------------
     def build(self) -> None:
@@ -114,8 +115,7 @@ class DeployRun(RunBase):
         m = qemu.Machine(firmware=self.opts.firmware, memory_mib=self.opts.memory_mib,
                          smp=self.opts.smp, accel=self.accel, disk=self.disk,
                          serial_log=os.path.join(self.run_dir, serial),
-                         ovmf_vars=getattr(self, "ovmf_vars", None),
-                         qmp_socket=None, disk_bootindex=2 if netboot else 1)
+                         ovmf_vars=self.ovmf_vars, disk_bootindex=2 if netboot else 1)
         if self.opts.firmware == "bios":
             m.sercon_file = os.path.join(self.run_dir, "sercon-port")
             with open(m.sercon_file, "wb") as f:

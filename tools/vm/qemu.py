@@ -77,7 +77,6 @@ class Machine:
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
-    qmp_socket: str | None = None
     sercon_file: str | None = None
 
 
@@ -169,8 +168,6 @@ def argv(m: Machine) -> list[str]:
             cmd += ["-initrd", m.initrd]
         if m.append:
             cmd += ["-append", m.append]
-    if m.qmp_socket:
-        cmd += ["-qmp", f"unix:{_esc(m.qmp_socket)},server=on,wait=off"]
     return cmd
 
 

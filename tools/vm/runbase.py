@@ -121,6 +121,12 @@ class RunBase:
             for line in self.vm.tail(40):
                 print(f"    | {line}")
 
+    def discard_disk(self) -> None:
+        """After a passing run the VM disk is dead weight; a failed run keeps it to inspect."""
+        path = os.path.join(self.run_dir, "disk.img")
+        if os.path.exists(path):
+            os.unlink(path)
+
     def result(self, ok: bool, error: str | None) -> dict[str, Any]:
         return {"ok": ok, "error": error, "arch": self.arch, "accel": self.accel,
                 "run_dir": self.run_dir, "timings": self.timings.as_dict()}

@@ -29,7 +29,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 
 from vm import cache, grubimg
 
@@ -42,7 +44,7 @@ SECTOR = 512
 # (name, GPT type, size in MiB); the layout is fixed so offsets need no probing
 LAYOUT = (("bios-boot", "EF02", 1), ("esp", "EF00", 16), ("root", "8300", 48))
 FIRST_LBA = 2048
-# what the initramfs loads, dependencies first; names as the kernel spells them
+# what the initramfs loads (their dependencies are worked out from the modules)
 WANTED_MODULES = ("virtio_pci", "virtio_blk", "isofs", "vfat", "nls_cp437", "nls_ascii",
                   "nls_utf8")
 MARKER = "DEPLOY-AGENT-TEST-OS:"
@@ -120,9 +122,9 @@ def package_files(deb_dir: str) -> dict[str, str]:
         wanted = _candidate(package)
         if wanted:
             name, version = wanted.split("_", 1)
-            hits = [p for p in glob.glob(os.path.join(deb_dir, f"{name}_*{version}_*.deb"))]
+            hits = glob.glob(os.path.join(deb_dir, f"{name}_*{version}_*.deb"))
             if not hits:
-                _run("apt-get", "download", "-q", f"{name}", cwd=deb_dir)
+                _run("apt-get", "download", "-q", name, cwd=deb_dir)
                 hits = glob.glob(os.path.join(deb_dir, f"{name}_*{version}_*.deb"))
         else:
             hits = sorted(glob.glob(os.path.join(deb_dir, pattern)), key=os.path.getmtime)
@@ -339,10 +341,8 @@ def load(directory: str) -> TestOS | None:
     return TestOS(directory, image, image + ".zst", meta["sha256"], meta["root_fs_uuid"])
 
 
-def ensure(cache_dir: str | None = None, log=print) -> TestOS:
+def ensure(cache_dir: str | None = None, log: Callable[[str], None] = print) -> TestOS:
     """The cached test OS for the current inputs, built when missing."""
-    import time
-
     base = os.path.join(cache_dir or cache.cache_root(), "testos")
     check_host()
     debs = package_files(os.path.join(cache_dir or cache.cache_root(), "debs"))
