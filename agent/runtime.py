@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 from typing import Any
 
@@ -32,25 +34,32 @@ class Runtime:
         # set by agent.controller.run_with_controller when a controller drives us
         self.controller: Any = None
 
-    def tls_files(self, advertise_ip: str | None) -> tuple[str | None, str | None]:
+    def tls_files(self, advertise_ip: str | None) -> tuple[str | None, str | None, bool]:
+        """Certificate and key paths, and whether they are generated temporaries."""
         cfg = self.config
         if cfg.tls_cert_file:
             with open(cfg.tls_cert_file, encoding="utf-8") as f:
                 self.cert_pem = f.read()
-            return cfg.tls_cert_file, cfg.tls_key_file
+            return cfg.tls_cert_file, cfg.tls_key_file, False
         if cfg.auto_tls:
             ip = advertise_ip or "127.0.0.1"
             cert, key = tls.generate_certificate(ip, cfg.tls_certificate_curve)
             self.cert_pem = cert
-            return tls.write_pair(cert, key)
-        return None, None
+            return *tls.write_pair(cert, key), True
+        return None, None, False
 
     def start_api(self, advertise_ip: str | None = None) -> AgentServer:
-        cert, key = self.tls_files(advertise_ip)
-        self.server = AgentServer(self.app, self.config.listen_host, self.config.listen_port,
-                                  cert_file=cert, key_file=key,
-                                  tls_min_version=self.config.tls_min_version,
-                                  ciphers=self.config.tls_cipher_suites)
+        cert, key, generated = self.tls_files(advertise_ip)
+        try:
+            self.server = AgentServer(self.app, self.config.listen_host,
+                                      self.config.listen_port, cert_file=cert, key_file=key,
+                                      tls_min_version=self.config.tls_min_version,
+                                      ciphers=self.config.tls_cipher_suites)
+        finally:
+            # the SSL context holds the key in memory once loaded; a private key
+            # left in /tmp would outlive the agent for nothing
+            if generated and cert:
+                shutil.rmtree(os.path.dirname(cert), ignore_errors=True)
         self.server.start()
         self.state.on_stop.append(self.server.stop)
         return self.server

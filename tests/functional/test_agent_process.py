@@ -403,8 +403,12 @@ def test_auto_tls(tmp_path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    a = Agent(str(tmp_path), "--auto-tls", scheme="https")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    a = Agent(str(tmp_path), "--auto-tls", scheme="https", env={"TMPDIR": str(scratch)})
     try:
+        # the generated private key lives only in the SSL context, not on disk
+        assert list(scratch.iterdir()) == []
         pem = ssl.get_server_certificate(("127.0.0.1", a.port))
         path = tmp_path / "pinned.crt"
         path.write_text(pem)
