@@ -108,11 +108,14 @@ class _Attempt:
                 else:
                     buf = self.pool.get(abort)
                     plumbing.fill(self.source.readinto, buf)
-                if buf.n:
+                # once handed on, the buffer belongs to the next stage, which may
+                # already have emptied and recycled it: judge the end from a copy
+                n = buf.n
+                if n:
                     to_hash.put(buf)
                 else:
                     self.pool.put(buf)
-                if buf.n < len(buf.view):
+                if n < len(buf.view):
                     break
             to_hash.close()
 
@@ -141,11 +144,18 @@ class _Attempt:
             try:
                 while True:
                     buf = out_pool.get(abort)
-                    buf.n = self.decompressor.readinto(buf.view)
-                    if buf.n:
-                        to_write.put(buf)
-                    if buf.n < len(buf.view):
+                    n = buf.n = self.decompressor.readinto(buf.view)
+                    if n:
+                        to_write.put(buf)       # the writer owns buf from here on
+                    else:
+                        out_pool.put(buf)
+                    if n < len(buf.view):
                         break
+                # the decompressor saw its end; so must the stream, or the stages
+                # upstream would wait forever for a reader that is gone
+                if reader.read(1):
+                    raise InvalidImage(f"{self.kind} image has data after the end of the "
+                                       "compressed stream")
             finally:
                 close = getattr(self.decompressor, "close", None)
                 if close is not None:

@@ -299,3 +299,40 @@ def test_image_larger_than_device_fails_and_wipes(image_server, make_loop):
         stream_image(source(image_server, "big"), dev, sha256(big))
     assert "larger than" in str(exc.value)
     assert_unbootable(dev)
+
+
+@pytest.mark.parametrize("kind,compress", [
+    (None, None), ("zstd", lambda d: zstandard.ZstdCompressor(level=3).compress(d)),
+    ("gzip", gzip.compress)])
+def test_a_stage_never_judges_a_buffer_after_handing_it_on(kind, compress, image,
+                                                           image_server, loop_disk,
+                                                           monkeypatch):
+    """The next stage may empty and recycle a buffer before ``put`` returns.
+
+    A single-CPU ramdisk VM hit this: the decompressor read ``buf.n`` after the
+    writer had recycled the buffer, took it for a short read, ended the stream
+    early and left the receiving stages waiting forever.  Here every hand-off
+    yields long enough for the consumer to finish with what it was given.
+    """
+    from agent.imaging import plumbing
+
+    handed_on = plumbing.Pipe.put
+
+    def put_then_yield(self, item):
+        handed_on(self, item)
+        time.sleep(0.03)
+
+    monkeypatch.setattr(plumbing.Pipe, "put", put_then_yield)
+    image_server.files["image.bin"] = compress(image) if compress else image
+    deadline = time.monotonic() + 60
+
+    def give_up_instead_of_hanging() -> None:
+        if time.monotonic() > deadline:
+            raise Cancelled("the pipeline stalled")
+
+    report = stream_image(source(image_server, "image.bin"), loop_disk,
+                          sha256(image_server.files["image.bin"]),
+                          cancel_check=give_up_instead_of_hanging)
+    assert report.compression == kind
+    assert report.image_bytes == len(image)
+    assert device_bytes(loop_disk, len(image)) == image
