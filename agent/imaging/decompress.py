@@ -129,20 +129,14 @@ class Decompressor:
         self._read = read
         self._pending = b""      # compressed bytes not yet fed
         self._eof_input = False
-        self.consumed = 0
         self.produced = 0
         if kind == "zstd":
             self._tracker = ZstdFrameTracker()
+            self._tap = _Tap(read, self._tracker)
             self._obj = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-                _Tap(self), read_size=READ_SIZE, read_across_frames=True)
+                self._tap, read_size=READ_SIZE, read_across_frames=True)
         else:
             self._obj = _new(kind)
-
-    def _feed_zstd(self, n: int) -> bytes:
-        data = self._read(n)
-        self.consumed += len(data)
-        self._tracker.feed(data)
-        return data
 
     def _more_input(self) -> bytes:
         if self._pending:
@@ -153,7 +147,6 @@ class Decompressor:
         data = self._read(READ_SIZE)
         if not data:
             self._eof_input = True
-        self.consumed += len(data)
         return bytes(data)
 
     def _stream_ended(self) -> bool:
@@ -231,13 +224,21 @@ class Decompressor:
 
 
 class _Tap:
-    """The file-like source zstandard pulls from; every byte also feeds the tracker."""
+    """The file-like source zstandard pulls from; every byte also feeds the tracker.
 
-    def __init__(self, owner: Decompressor) -> None:
-        self._owner = owner
+    It must not point back at its Decompressor: the zstandard reader between
+    them is invisible to the garbage collector, so that cycle would never be
+    freed and every image would leak its buffers and its zstd context.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], tracker: ZstdFrameTracker) -> None:
+        self._read = read
+        self._tracker = tracker
 
     def read(self, n: int = -1) -> bytes:
-        return self._owner._feed_zstd(READ_SIZE if n is None or n < 0 else n)
+        data = self._read(READ_SIZE if n is None or n < 0 else n)
+        self._tracker.feed(data)
+        return data
 
 
 class ExternalXz:
@@ -256,7 +257,6 @@ class ExternalXz:
         self._read = read
         self._proc = tools.popen("xz", "-d", "-c", "-q", "-T0", stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.consumed = 0
         self.produced = 0
         self._feed_error: BaseException | None = None
         self._feeder = threading.Thread(target=self._feed, name="xz-feed", daemon=True)
@@ -266,8 +266,7 @@ class ExternalXz:
         stdin = self._proc.stdin
         try:
             while data := self._read(READ_SIZE):
-                self.consumed += len(data)
-                stdin.write(data)
+                        stdin.write(data)
         except BrokenPipeError:
             pass  # xz stopped early; its exit status says why
         except BaseException as exc:  # noqa: BLE001 - e.g. the pipeline aborting

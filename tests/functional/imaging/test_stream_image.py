@@ -336,3 +336,20 @@ def test_a_stage_never_judges_a_buffer_after_handing_it_on(kind, compress, image
     assert report.compression == kind
     assert report.image_bytes == len(image)
     assert device_bytes(loop_disk, len(image)) == image
+
+
+@pytest.mark.parametrize("compress", [None, gzip.compress, lzma.compress,
+                                      lambda d: zstandard.ZstdCompressor().compress(d)])
+def test_no_buffer_outlives_the_write(compress, image, image_server, loop_disk):
+    """A ramdisk writes many images in one life (cleaning, rebuilds, retries); each
+    write's buffers must go with it.  zstd once kept 8 MiB and its context per image."""
+    import gc
+
+    from agent.imaging import plumbing
+
+    blob = compress(image) if compress else image
+    image_server.files["image.bin"] = blob
+    for _ in range(2):
+        stream_image(source(image_server, "image.bin"), loop_disk, sha256(blob))
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, plumbing.Buffer)] == []

@@ -116,3 +116,18 @@ def test_external_xz_matches_and_is_strict():
 @pytest.mark.parametrize("inflater", [lambda b: inflate("xz", b), inflate_external])
 def test_xz_stream_padding_is_accepted(inflater):
     assert inflater(lzma.compress(DATA) + bytes(8)) == DATA
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_finished_decompressor_is_freed(kind):
+    """No reference cycle through the C decompressor: the collector cannot see into it."""
+    import gc
+    import weakref
+
+    d = Decompressor(kind, io.BytesIO(KINDS[kind](DATA)).read)
+    buf = memoryview(bytearray(len(DATA) + 1))
+    assert d.readinto(buf) == len(DATA)
+    gone = weakref.ref(d)
+    del d
+    gc.collect()
+    assert gone() is None
