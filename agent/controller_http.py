@@ -180,7 +180,7 @@ class ControllerClient:
             try:
                 resp = self.session.post(f"{url}/v1/heartbeat/{node_uuid}", json=body,
                                          headers=self.headers(version), timeout=self.timeout,
-                                        verify=self.verify)
+                                         verify=self.verify)
             except requests.RequestException as exc:
                 errors.append(f"{url}: {type(exc).__name__}: {exc}")
                 continue

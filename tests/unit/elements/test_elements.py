@@ -8,8 +8,6 @@ agent/tools.py.
 from __future__ import annotations
 
 import configparser
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from agent.tools import TOOLS
+from tests.scripts import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 ELEMENTS = os.path.join(REPO, "elements")
@@ -34,19 +33,11 @@ PARAMS = {"arch", "not-arch", "uninstall", "build-only", "phase", "when", "insta
 STATIC = os.path.join(ELEMENTS, "deploy-agent", "static")
 
 
-def _load(name: str, path: str):
-    loader = importlib.machinery.SourceFileLoader(name, path)
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-build_ramdisk = _load("build_ramdisk_for_elements", os.path.join(REPO, "tools", "build-ramdisk"))
-modules = _load("ramdisk_modules", os.path.join(
-    ELEMENTS, "deploy-agent-ramdisk", "post-install.d", "98-deploy-agent-ramdisk-modules"))
-wheelhouse = _load("deploy_agent_wheelhouse", os.path.join(
-    ELEMENTS, "deploy-agent", "extra-data.d", "deploy-agent-lib", "wheelhouse.py"))
+build_ramdisk = load_script("build_ramdisk_for_elements", "tools", "build-ramdisk")
+modules = load_script("ramdisk_modules", "elements", "deploy-agent-ramdisk", "post-install.d",
+                      "98-deploy-agent-ramdisk-modules")
+wheelhouse = load_script("deploy_agent_wheelhouse", "elements", "deploy-agent", "extra-data.d",
+                         "deploy-agent-lib", "wheelhouse.py")
 
 
 def _package_installs(element: str) -> dict:

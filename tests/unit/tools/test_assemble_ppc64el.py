@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,18 +9,12 @@ import subprocess
 import pytest
 import yaml
 
+from tests.scripts import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
 
-def _load(name: str, path: str):
-    loader = importlib.machinery.SourceFileLoader(name, path)
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-asm = _load("assemble_ppc64el", os.path.join(REPO, "tools", "assemble-ppc64el"))
+asm = load_script("assemble_ppc64el", "tools", "assemble-ppc64el")
 br = asm.br
 
 

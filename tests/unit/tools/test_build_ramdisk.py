@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
@@ -12,21 +10,14 @@ import subprocess
 
 import pytest
 
+from tests.scripts import load_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "ramdisk")
 ELEMENT = os.path.join(REPO, "elements", "deploy-agent")
 
 
-def _load_tool():
-    path = os.path.join(REPO, "tools", "build-ramdisk")
-    loader = importlib.machinery.SourceFileLoader("build_ramdisk", path)
-    spec = importlib.util.spec_from_loader("build_ramdisk", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-br = _load_tool()
+br = load_script("build_ramdisk", "tools", "build-ramdisk")
 
 
 # ------------------------------------------------------------------ mirrors
