@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 import sys
-import threading
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -16,19 +15,17 @@ class RingHandler(logging.Handler):
     def __init__(self, capacity: int = 20000) -> None:
         super().__init__()
         self._lines: collections.deque[str] = collections.deque(maxlen=capacity)
-        self._lock2 = threading.Lock()
         self.setFormatter(logging.Formatter(FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Handler.handle() already holds self.lock around emit()
         try:
-            line = self.format(record)
+            self._lines.append(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never raise
             return
-        with self._lock2:
-            self._lines.append(line)
 
     def text(self) -> str:
-        with self._lock2:
+        with self.lock:
             return "\n".join(self._lines) + "\n"
 
 

@@ -91,6 +91,8 @@ class Setting:
     default: Any
     help: str
     cmdline: tuple[str, ...] = ()
+    # parsed so Ironic's command line is accepted, but no code acts on it yet
+    inert: bool = False
 
 
 S = Setting
@@ -146,24 +148,26 @@ SETTINGS: tuple[Setting, ...] = (
       ("ipa-image-download-connection-retry-interval",)),
     S("image_download_max_duration", _number(float, 0), 0.0,
       "total image download limit, seconds (0 = none)", ("ipa-image-download-max-duration",)),
-    S("ntp_server", _opt_str, None, "NTP server to sync with", ("ipa-ntp-server",)),
+    S("ntp_server", _opt_str, None, "NTP server to sync with", ("ipa-ntp-server",), inert=True),
     S("inspection_callback_url", _opt_str, None, "inspection endpoint",
-      ("ipa-inspection-callback-url",)),
+      ("ipa-inspection-callback-url",), inert=True),
     S("ignore_bootloader_failure", parse_bool, False, "tolerate bootloader failures",
       ("ipa-ignore-bootloader-failure",)),
     S("inject_files_priority", _number(int, 0), 0, "priority of the inject_files deploy step",
-      ("ipa-inject-files-priority",)),
+      ("ipa-inject-files-priority",), inert=True),
     S("guard_special_filesystems", parse_bool, True,
       "refuse to erase disks with shared-SAN filesystems", ("ipa-guard-special-filesystems",)),
     S("enable_discard_erase", parse_bool, False, "allow verified discard as erase",
       ("ipa-enable-discard-erase",)),
     S("bootif", _opt_str, None, "PXE boot MAC, reported verbatim", ("BOOTIF",)),
-    S("boot_method", _opt_str, None, "boot method (vmedia)", ("boot_method",)),
+    S("boot_method", _opt_str, None, "boot method (vmedia)", ("boot_method",), inert=True),
     S("standalone", parse_bool, False, "run without a controller (no lookup/heartbeat)"),
     S("ramdisk", _choice(("auto", "true", "false")), "auto",
       "running in a deploy ramdisk: enables power actions (auto = detect initramfs root)"),
     S("include_loop_devices", parse_bool, False, "treat loop devices as disks (tests, local use)"),
-    S("max_request_bytes", _number(int, 1024), 160 * 1024 * 1024,
+    # a config drive is at most 64 MiB of gzip: 89,478,488 bytes of base64,
+    # 91.8 MB if wrapped in escaped newlines every 76; plus 1 MiB for the rest
+    S("max_request_bytes", _number(int, 1024), 90 * 1024 * 1024,
       "largest accepted request body"),
     S("max_results", _number(int, 10), 1000, "finished command results kept"),
     S("log_file", _opt_str, None, "also write the agent log here"),
@@ -208,6 +212,10 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.values)
+
+    def inert_settings_given(self) -> list[str]:
+        """Settings a source gave a value that no code acts on yet (see ``Setting.inert``)."""
+        return [s.name for s in SETTINGS if s.inert and self.sources[s.name] != "default"]
 
 
 def _parse(setting: Setting, value: Any, source: str) -> Any:

@@ -58,7 +58,7 @@ def _sysrq(letter: str) -> None:
         LOG.error("sysrq %s failed: %s", letter, exc)
 
 
-def shutdown(reboot: bool, ntp_server: str | None = None) -> None:
+def shutdown(reboot: bool) -> None:
     """Flush everything, ask the init system, and fall back to sysrq if ignored."""
     flush_all()
     try:

@@ -16,11 +16,18 @@ LOG = logging.getLogger(__name__)
 
 def refuse_unless_ramdisk(ext: Extension, action: str) -> None:
     """Power actions act only inside a deploy ramdisk, never on a laptop or CI host."""
-    if not ext.state.power_actions_allowed:
-        raise PowerActionRefused(
-            f"{action} refused: deploy-agent is not running from a deploy ramdisk "
-            "(the root filesystem is not an initramfs and --ramdisk true was not given); "
-            "this machine was left running and nothing was touched")
+    if ext.state.power_actions_allowed:
+        return
+    cfg = ext.config
+    if cfg.ramdisk == "false":
+        where = {"flag": "--ramdisk false", "env": "DEPLOY_AGENT_RAMDISK=false",
+                 "file": "the config file"}.get(cfg.sources.get("ramdisk", ""), "configuration")
+        why = f"ramdisk is set to false by {where}"
+    else:
+        why = "the root filesystem is not an initramfs and the ramdisk setting is not true"
+    raise PowerActionRefused(
+        f"{action} refused: deploy-agent is not running from a deploy ramdisk ({why}); "
+        "this machine was left running and nothing was touched")
 
 
 def _flag(params: dict[str, Any], name: str) -> bool:
@@ -85,9 +92,9 @@ class StandbyExtension(Extension):
     @command(is_async=True)
     def power_off(self, ctx: CommandContext) -> None:
         refuse_unless_ramdisk(self, "standby.power_off")
-        power.shutdown(reboot=False, ntp_server=self.config.ntp_server)
+        power.shutdown(reboot=False)
 
     @command(is_async=True)
     def run_image(self, ctx: CommandContext) -> None:
         refuse_unless_ramdisk(self, "standby.run_image")
-        power.shutdown(reboot=True, ntp_server=self.config.ntp_server)
+        power.shutdown(reboot=True)

@@ -30,7 +30,8 @@ def find_install_disk(state: Any, ctx: Any = None) -> tuple[Any, str]:
     for attempt in range(1, attempts + 1):
         try:
             disk, reason = managers.dispatch(state, "get_os_install_device", node)
-            LOG.info("install disk %s: %s", disk.name, reason)
+            # logged here, not by the manager, so plugin managers' choices show too
+            LOG.info("install disk: %s", reason)
             return disk, reason
         except DeviceNotFound as exc:
             last = exc

@@ -39,10 +39,6 @@ class EraseOptions:
     def overwrite_allowed(self) -> bool:
         return self.iterations > 0 or self.zeroize
 
-    def describe_overwrite(self) -> str:
-        passes = f"{self.iterations} random pass(es)"
-        return passes + (" and a zero pass" if self.zeroize else "")
-
 
 # driver_internal_info key → (field, parser); defaults are Ironic's [deploy] ones
 _KEYS: dict[str, str] = {
@@ -57,8 +53,9 @@ _KEYS: dict[str, str] = {
 }
 
 
-def _int(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool):
+def _int(value: Any, minimum: int) -> int:
+    # int(2.7) would silently become 2 passes
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError
     number = int(value)
     if number < minimum:
@@ -76,9 +73,9 @@ def options_from_node(node: Mapping[str, Any] | None, *, discard: bool = False) 
         raw = info[key]
         try:
             if field == "iterations":
-                values[field] = _int(key, raw, 0)
+                values[field] = _int(raw, 0)
             elif field == "concurrency":
-                values[field] = _int(key, raw, 1)
+                values[field] = _int(raw, 1)
             else:
                 values[field] = parse_bool(raw)
         except (TypeError, ValueError):

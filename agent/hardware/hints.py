@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,8 +19,6 @@ from urllib.parse import quote
 
 from agent.errors import DeviceNotFound
 from agent.hardware.disks import GIB, Disk
-
-LOG = logging.getLogger(__name__)
 
 MIN_DEFAULT_SIZE = 4 * GIB
 STRING_HINTS = ("model", "vendor", "serial", "wwn", "wwn_with_extension",
@@ -240,7 +237,6 @@ def select_root_device(disks: Sequence[Disk], hints: Mapping[str, Any] | None,
                 reason = (f"{disk.name} matched root device hints "
                           f"{', '.join(h.describe() for h in parsed)} "
                           f"(first match of {len(candidates)} candidate disk(s)){skip_note}")
-                LOG.info("install disk: %s", reason)
                 return disk, reason
         raise DeviceNotFound("No suitable device was found for deployment using these hints "
                              f"{json.dumps(dict(hints or {}), sort_keys=True)}{skip_note}; "
@@ -249,7 +245,6 @@ def select_root_device(disks: Sequence[Disk], hints: Mapping[str, Any] | None,
         if disk.size >= MIN_DEFAULT_SIZE:
             reason = (f"{disk.name} is the smallest disk of at least 4 GiB "
                       f"({disk.size_gib:.1f} GiB); no root device hints were given{skip_note}")
-            LOG.info("install disk: %s", reason)
             return disk, reason
     raise DeviceNotFound("No suitable device was found for deployment: no root device hints "
                          f"were given and no disk is at least 4 GiB{skip_note}; "

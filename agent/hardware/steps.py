@@ -20,7 +20,6 @@ from agent.hardware import managers
 
 LOG = logging.getLogger(__name__)
 
-STEP_TYPES = ("clean", "deploy", "service")
 ERROR_TYPES: dict[str, type[errors.AgentError]] = {
     "clean": errors.CleaningError, "deploy": errors.DeploymentError,
     "service": errors.ServicingError,

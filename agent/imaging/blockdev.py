@@ -7,6 +7,7 @@ UnsafeDevice (HTTP 400 class) that says exactly why.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -16,7 +17,6 @@ from agent.errors import DeviceNotFound, UnsafeDevice
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
-BLKPBSZGET = 0x127B
 
 
 def _sys_name(device: str) -> str:
@@ -32,15 +32,6 @@ def size_bytes(fd: int) -> int:
 
 def logical_sector_size(fd: int) -> int:
     return struct.unpack("I", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
-
-
-def physical_sector_size(fd: int) -> int:
-    return struct.unpack("I", fcntl.ioctl(fd, BLKPBSZGET, b"\0" * 4))[0]
-
-
-def dev_numbers(device: str) -> tuple[int, int]:
-    st = os.stat(device)
-    return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
 def partitions_of(name: str) -> list[str]:
@@ -156,7 +147,7 @@ def open_exclusive(device: str, flags: int) -> int:
     try:
         return os.open(device, flags | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == 16:  # EBUSY
+        if exc.errno == errno.EBUSY:
             raise UnsafeDevice(f"{device} is busy: it is mounted or held open exclusively "
                                "by another user (md, dm, LVM or a filesystem)") from None
         raise UnsafeDevice(f"cannot open {device}: {exc.strerror}") from None

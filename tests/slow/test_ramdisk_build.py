@@ -4,8 +4,10 @@ Run with ``tox -e ramdisk`` (or ``pytest tests/slow/test_ramdisk_build.py``).
 Needs root, network access to the Debian mirror and a Python package index,
 and about 15 minutes on two cores.  ``RAMDISK_PREBUILT_DIR`` and
 ``RAMDISK_PPC64EL_PREBUILT_DIR`` point the tests at existing outputs instead
-of building them.  ppc64le is built with diskimage-builder where the host can
-run ppc64el binaries (binfmt_misc), else with tools/assemble-ppc64el.
+of building them (CI hands it the ones its e2e tier built).  With
+``RAMDISK_REQUIRED=1`` a missing prerequisite fails a test instead of skipping
+it.  ppc64le is built with diskimage-builder where the host can run ppc64el
+binaries (binfmt_misc), else with tools/assemble-ppc64el.
 """
 
 from __future__ import annotations
@@ -32,8 +34,26 @@ ASSEMBLE = os.path.join(REPO, "tools", "assemble-ppc64el")
 BUDGET_MIB = 100
 BOOT_TIMEOUT = 600
 
-if os.geteuid() != 0:
-    pytest.skip("building and unpacking the ramdisk needs root", allow_module_level=True)
+# CI sets this: there, a check that cannot run is a failure, not a skip
+REQUIRED = os.environ.get("RAMDISK_REQUIRED") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"RAMDISK_REQUIRED=1 but {reason}")
+    pytest.skip(reason)
+
+
+# module scope: autouse runs before the module's build fixtures, so no build starts without root
+@pytest.fixture(scope="module", autouse=True)
+def _root() -> None:
+    if os.geteuid() != 0:
+        skip_or_fail("building and unpacking the ramdisk needs root")
+
+
+def _needs(program: str) -> None:
+    if shutil.which(program) is None:
+        skip_or_fail(f"{program} is missing (tools/dev-setup --vm installs it)")
 
 
 def _build(cmd: list[str], out: str) -> None:
@@ -196,8 +216,8 @@ def _netdev(port: int) -> list[str]:
             "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"]
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no qemu-system-x86_64")
 def test_boots_in_1gib_and_serves_the_api(ramdisk, tmp_path):
+    _needs("qemu-system-x86_64")
     port = _free_port()
     status, elapsed, log = _boot(
         ["qemu-system-x86_64", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
@@ -238,8 +258,8 @@ def test_ppc64el_tree_has_agent_and_tools(ppc_ramdisk, tmp_path):
     assert os.path.isdir(os.path.join(tree, "usr/lib/grub/powerpc-ieee1275"))
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-ppc64") is None, reason="no qemu-system-ppc64")
 def test_ppc64el_boots_under_pseries_and_serves_the_api(ppc_ramdisk, tmp_path):
+    _needs("qemu-system-ppc64")
     # 2 GiB: Debian's ppc64el kernel uses 64 KiB pages, and the initramfs tmpfs
     # rounds every file up to a page (~360 MiB of files take ~740 MiB).
     port = _free_port()

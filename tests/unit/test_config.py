@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -76,13 +78,23 @@ def test_missing_cmdline_file_is_an_error(tmp_path) -> None:
         load(cmdline_file=str(tmp_path / "nope"))
 
 
-def test_proc_cmdline_is_read_by_default() -> None:
-    with open("/proc/cmdline") as f:
-        expected = config.parse_cmdline(f.read())
-    cfg = config.load(env={})
-    for key, setting in config.BY_CMDLINE.items():
-        if key in expected:
-            assert cfg.sources[setting.name] == "cmdline"
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a private mount namespace")
+def test_proc_cmdline_is_read_by_default(tmp_path) -> None:
+    # The real /proc/cmdline holds no ipa-* keys here, so a child process in its own
+    # mount namespace sees a known command line bind-mounted over that very path.
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("BOOT_IMAGE=/vmlinuz ipa-listen-port=1234 ipa-debug=1 quiet\n")
+    probe = ("import json; from agent import config; c = config.load(env={}); "
+             "print(json.dumps([c.listen_port, c.debug, c.sources['listen_port'], "
+             "c.sources['debug'], c.sources['listen_host']]))")
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" /proc/cmdline && exec "$2" -c "$3"', "sh",
+         str(cmdline), sys.executable, probe],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [1234, True, "cmdline", "cmdline", "default"]
 
 
 def test_precedence_default_cmdline_file_env_flag(tmp_path) -> None:

@@ -43,26 +43,50 @@ def stop_matching(argv: Sequence[str], grace: float = 2.0) -> list[int]:
 
     For helpers that detach from their starter (QEMU's guestfwd socat runs in
     a session of its own, reparented to init), found by their exact argv,
-    which carries this run's own ephemeral port.
+    which carries this run's own ephemeral port.  Reads /proc itself: cleanup
+    must work even where an import would fail.
     """
-    import psutil
+    wanted = "\0".join(argv)
+    found = [pid for pid, cmdline in _process_cmdlines() if cmdline == wanted]
+    for pid in found:
+        _signal_pid(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in found):
+        time.sleep(0.05)
+    for pid in found:
+        if _alive(pid):
+            _signal_pid(pid, signal.SIGKILL)
+    return found
 
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.info.get("cmdline") == list(argv):
-            found.append(proc)
-    for proc in found:
+
+def _process_cmdlines() -> list[tuple[int, str]]:
+    listed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(found, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return [p.pid for p in found]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue        # exited meanwhile, or not ours to read
+        listed.append((int(entry), raw.rstrip(b"\0").decode(errors="replace")))
+    return listed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # a zombie has exited; only its parent's wait() is left
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:

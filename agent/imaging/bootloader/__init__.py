@@ -4,7 +4,8 @@
 it each do one thing: ``devices`` finds partitions, ``mounts`` mounts and
 always unmounts, ``loaders`` reads an ESP tree, ``efibootmgr`` writes NVRAM,
 ``uefi`` composes those, ``chroot`` prepares the image's root for its own
-programs, and ``grub_bios`` / ``prep`` run the image's grub (opt-in only).
+programs, ``devicemap`` names the install disk for grub while it runs, and
+``grub_bios`` / ``prep`` run the image's grub (opt-in only).
 """
 
 from agent.imaging.bootloader.install import CVE_MESSAGE, Outcome, Request, install_bootloader

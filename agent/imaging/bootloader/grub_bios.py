@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import posixpath
 
 from agent.errors import CommandExecutionError, InvalidImage
-from agent.imaging.bootloader import chroot
+from agent.imaging.bootloader import chroot, devicemap
 
 LOG = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ class ImageGrub:
     install: str | None      # in-image paths; None when the image lacks the program
     mkconfig: str | None
     config: str              # where this grub flavour keeps grub.cfg
+
+    @property
+    def directory(self) -> str:
+        """In-image directory this flavour's grub-install fills (and reads device.map from)."""
+        return posixpath.dirname(self.config)
 
 
 def image_grub(root: str) -> ImageGrub:
@@ -66,7 +72,8 @@ def install(disk: str, root_device: str, *, arch: str) -> ImageGrub:
         grub = image_grub(root)
         require(grub, install=True, mkconfig=True)
         assert grub.install is not None
-        chroot.run(root, grub.install, f"--target={target}", disk)
+        with devicemap.install_disk_map(root, grub.directory, disk):
+            chroot.run(root, grub.install, f"--target={target}", disk)
         make_config(root, grub)
         if not chroot.exists(root, grub.config):
             raise InvalidImage(f"the image's {grub.mkconfig} succeeded but wrote no "

@@ -14,7 +14,7 @@ import os
 
 from agent.errors import DeviceNotFound, InvalidImage
 from agent.imaging import partition_table as pt
-from agent.imaging.bootloader import chroot, devices, grub_bios
+from agent.imaging.bootloader import chroot, devicemap, devices, grub_bios
 
 LOG = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def install(view: devices.DiskView, root_device: str,
             clear_if_foreign(prep.node)
             # --no-nvram: the conductor owns the boot device, and OPAL has no
             # Open Firmware NVRAM for grub-install to write
-            chroot.run(root, grub.install, f"--target={TARGET}", "--no-nvram", prep.node)
+            with devicemap.install_disk_map(root, grub.directory, view.disk):
+                chroot.run(root, grub.install, f"--target={TARGET}", "--no-nvram", prep.node)
         else:
             LOG.info("no PReP partition on %s: petitboot boots from the grub config alone",
                      view.disk)

@@ -54,6 +54,7 @@ def test_disks_match_lsblk(inventory):
                 and not d["name"].startswith(("zram", "ram", "fd", "sr"))}
     got = {d["name"]: d for d in inventory["disks"]}
     assert set(got) == set(expected)
+    assert got, "this machine has at least one disk"
     for name, want in expected.items():
         disk = got[name]
         assert disk["size"] == int(want["size"])

@@ -96,7 +96,9 @@ def test_element_deps_are_element_names(element):
 
 @pytest.mark.parametrize("element", NAMES)
 def test_package_installs_use_known_parameters(element):
-    for key, params in _package_installs(element).items():
+    installs = _package_installs(element)
+    assert installs, f"{element} installs no packages"
+    for key, params in installs.items():
         entry = params or {}
         assert isinstance(entry, dict), f"{key}: expected a mapping"
         assert set(entry) <= PARAMS, f"{key}: unknown parameters {set(entry) - PARAMS}"
@@ -109,7 +111,9 @@ def test_package_installs_use_known_parameters(element):
 
 @pytest.mark.parametrize("element", NAMES)
 def test_pkg_map_values_are_single_debian_packages(element):
-    for key, value in _pkg_map(element).items():
+    mapping = _pkg_map(element)
+    assert mapping, f"{element} maps no packages"
+    for key, value in mapping.items():
         assert re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", value), f"{key} -> {value!r}"
 
 
@@ -142,8 +146,12 @@ def test_hook_scripts_run_under_dib_run_parts(path):
 
 def test_environment_files_are_valid_bash():
     directory = os.path.join(ELEMENTS, "deploy-agent", "environment.d")
-    for name in os.listdir(directory):
-        subprocess.run(["bash", "-n", os.path.join(directory, name)], check=True)
+    names = os.listdir(directory)
+    assert names, "environment.d is empty"
+    for name in names:
+        proc = subprocess.run(["bash", "-n", os.path.join(directory, name)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
 
 
 @pytest.mark.parametrize("path", list(_hook_scripts()))
@@ -411,3 +419,29 @@ def test_pack_rejects_an_unknown_compression(tmp_path):
                                                DIB_DEPLOY_AGENT_RAMDISK_COMPRESSION="lz5"),
                             capture_output=True, text=True)
     assert result.returncode == 1 and "unknown compression 'lz5'" in result.stderr
+
+
+def test_pack_without_a_kernel_says_so(tmp_path):
+    (tmp_path / "boot").mkdir()
+    script = os.path.join(ELEMENTS, "deploy-agent-ramdisk", "cleanup.d",
+                          "90-deploy-agent-ramdisk-pack")
+    result = subprocess.run([script], env=dict(os.environ, TARGET_ROOT=str(tmp_path),
+                                               IMAGE_NAME=str(tmp_path / "x")),
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(f"no kernel in {tmp_path}/boot")
+
+
+def test_venv_install_without_a_pip_wheel_says_so(tmp_path):
+    # the hook finds its wheelhouse beside its own directory, so run a copy there
+    hooks = tmp_path / "install.d"
+    hooks.mkdir()
+    (tmp_path / "deploy-agent-wheels").mkdir()
+    script = hooks / "60-deploy-agent-venv"
+    shutil.copy(os.path.join(ELEMENTS, "deploy-agent", "install.d", "60-deploy-agent-venv"),
+                script)
+    result = subprocess.run([str(script)], capture_output=True, text=True,
+                            env=dict(os.environ, DIB_DEPLOY_AGENT_VENV=str(tmp_path / "venv")))
+    assert result.returncode == 1
+    assert "no pip wheel in" in result.stderr
+    assert not (tmp_path / "venv").exists()

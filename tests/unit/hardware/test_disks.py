@@ -64,7 +64,9 @@ def test_nvme_namespace(root):
 
 
 def test_every_disk_carries_every_inventory_key(root):
-    for disk in disks.list_disks(str(root)):
+    found = disks.list_disks(str(root))
+    assert [d.name for d in found] == ["/dev/md0", "/dev/nvme0n1", "/dev/sda", "/dev/sdb"]
+    for disk in found:
         assert tuple(disk.to_dict()) == INVENTORY_FIELDS
 
 

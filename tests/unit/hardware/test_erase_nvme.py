@@ -61,7 +61,12 @@ def test_format_of_all_namespaces_allowed_when_all_are_erased(monkeypatch):
         ("nvme", "list", "-o", "json"): fixture("nvme_list.json"),
         ("nvme", "format", "/dev/nvme1n1", "--ses=1", "--force"): ""})
     monkeypatch.setattr(tools, "run", fake)
-    erase_nvme.erase(NVME1, ["/dev/nvme1n1", "/dev/nvme1n2"])
+    assert erase_nvme.erase(NVME1, ["/dev/nvme1n1", "/dev/nvme1n2"]) == \
+        "nvme format (user data erase)"
+    # the sibling check ran and found nothing spared, then exactly one format
+    assert ("nvme", "list", "-o", "json") in fake.calls
+    assert [c for c in fake.calls if c[1] == "format"] == \
+        [("nvme", "format", "/dev/nvme1n1", "--ses=1", "--force")]
 
 
 def test_no_format_support_or_not_nvme_is_unsupported(monkeypatch):

@@ -58,9 +58,10 @@ def test_physical_nics_only_with_pci_facts(tmp_path):
 def test_ioctls_on_this_machine_match_sysfs():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for name in os.listdir("/sys/class/net"):
-            if not os.path.exists(f"/sys/class/net/{name}/device"):
-                continue
+        nics = [n for n in os.listdir("/sys/class/net")
+                if os.path.exists(f"/sys/class/net/{n}/device")]
+        assert nics, "this machine has at least one NIC"
+        for name in nics:
             perm = interfaces.permanent_mac(sock, name)
             with open(f"/sys/class/net/{name}/address") as f:
                 current = f.read().strip()

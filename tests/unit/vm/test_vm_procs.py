@@ -100,6 +100,34 @@ def test_stop_matching_finds_detached_helpers_by_exact_argv():
         procs.stop_process(other, grace=1)
 
 
+def test_stop_matching_needs_no_third_party_module(tmp_path):
+    # cleanup runs on the way out of a failed run, maybe under a python3 without psutil
+    helper = subprocess.Popen(["sleep", "61.27"], start_new_session=True)
+    code = (f"import sys; sys.path.insert(0, {TOOLS!r}); sys.modules['psutil'] = None\n"
+            "from vm import procs\n"
+            "print(procs.stop_matching(['sleep', '61.27']))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"[{helper.pid}]"
+        assert helper.wait(5) is not None
+    finally:
+        procs.stop_process(helper, grace=1)
+
+
+def test_stop_matching_kills_what_ignores_sigterm():
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 61.28 & wait"],
+                                start_new_session=True)
+    try:
+        time.sleep(0.3)             # let the shell install its trap
+        argv = ["sh", "-c", "trap '' TERM; sleep 61.28 & wait"]
+        assert procs.stop_matching(argv, grace=0.5) == [stubborn.pid]
+        assert stubborn.wait(5) == -9
+    finally:
+        procs.stop_process(stubborn, grace=1)
+
+
 def test_children_die_when_we_are_killed_without_cleanup(tmp_path):
     pidfile = tmp_path / "child"
     code = (f"import sys, time; sys.path.insert(0, {TOOLS!r})\n"

@@ -28,6 +28,24 @@ SHELL_PROGRAMS = ["sh", "dash", "cat", "sed", "grep", "rm", "mv", "cp", "mkdir",
                   "echo", "env", "touch", "ln", "realpath", "expr", "uniq", "tee", "mktemp", "sync"]
 DATA_DIRS = ["/usr/lib/grub/i386-pc", "/usr/share/grub", "/etc/grub.d"]
 
+# Every real image with grub has udevadm (systemd or eudev).  grub-install runs
+# ``udevadm info --query path --name PART`` to read where a partition starts
+# from sysfs, the only source for loop devices (they answer no HDIO_GETGEO).
+# A host without the udev package has no udevadm to copy, so the test image
+# gets this stand-in, which answers that one query the way udevadm does: from
+# the node's device number, with no udev daemon or database involved.
+UDEVADM_STANDIN = """\
+if [ "$1 $2 $3 $4" != "info --query path --name" ] || [ $# -ne 5 ]; then
+    echo "udevadm stand-in: only 'info --query path --name DEV' is supported" >&2
+    exit 2
+fi
+numbers=$(stat -L -c '%t %T' "$5") || exit 1
+set -- $numbers
+path=$(readlink -f "/sys/dev/block/$((0x$1)):$((0x$2))") || exit 1
+[ -e "$path" ] || { echo "udevadm stand-in: no sysfs entry for $5" >&2; exit 1; }
+echo "${path#/sys}"
+"""
+
 
 def sh(*argv: str, input: str | bytes | None = None, check: bool = True,
        env: dict | None = None) -> subprocess.CompletedProcess:
@@ -87,6 +105,8 @@ def populate_root(root: str, *, grub_dir: str = "grub", programs: list[str] | No
     for name in (GRUB_PROGRAMS if programs is None else programs) + SHELL_PROGRAMS:
         src = _host_path(name)
         if src is None:
+            if name == "udevadm":
+                write_script(os.path.join(root, "usr/bin/udevadm"), UDEVADM_STANDIN)
             continue
         _copy(src, root)
         for lib in _libraries(src):
@@ -194,6 +214,21 @@ def root_files(node: str, *paths: str) -> dict[str, str | None]:
     sh("mount", "-o", "ro", node, mnt)
     try:
         read(mnt)
+    finally:
+        sh("umount", mnt)
+        os.rmdir(mnt)
+    return found
+
+
+def root_exists(node: str, *paths: str) -> dict[str, bool]:
+    """Whether each path (file, directory or symlink) exists in the filesystem on ``node``."""
+    found: dict[str, bool] = {}
+    mnt = f"/tmp/bl-exists-{os.getpid()}"
+    os.makedirs(mnt, exist_ok=True)
+    sh("mount", "-o", "ro", node, mnt)
+    try:
+        for path in paths:
+            found[path] = os.path.lexists(os.path.join(mnt, path.lstrip("/")))
     finally:
         sh("umount", mnt)
         os.rmdir(mnt)

@@ -23,8 +23,8 @@ pytestmark = [requires_loop, pytest.mark.usefixtures("bios_booted")]
 MIB = rootfs.MIB
 
 
-def mbr_disk(make_loop, populate) -> tuple[str, str, str]:
-    dev = make_loop(96 * MIB)
+def mbr_disk(make_loop, populate, sector_size: int = 512) -> tuple[str, str, str]:
+    dev = make_loop(96 * MIB, sector_size=sector_size)
     (root,) = rootfs.msdos(dev, ["start=2048, type=83, bootable"])
     return dev, root, rootfs.fill_ext4(root, populate)
 
@@ -85,12 +85,93 @@ def test_real_grub_install_failure_is_reported_and_unmounted(make_loop, grub_roo
     # GPT without a BIOS boot partition: grub has nowhere to embed core.img
     dev = make_loop(96 * MIB)
     (root,) = rootfs.gpt(dev, [(0, rootfs.LINUX_TYPE)])
-    uuid = rootfs.fill_ext4(root, copy_tree(grub_root_template))
+    uuid = rootfs.fill_ext4(root, spying_on_grub_install(grub_root_template))
     state = agent_state(dev, enable_bios_bootloader_install=True)
     with pytest.raises(CommandExecutionError) as err:
         install_bootloader(state, Request(root_uuid=uuid), arch="x86_64")
     assert re.search(r"the image's /usr/sbin/grub-install --target=i386-pc /dev/loop\d+ failed "
                      r"with exit code 1: .*BIOS Boot Partition", err.value.details, re.S)
+    files = root_files(root, SEEN, DEVICE_MAP)
+    assert files[SEEN] == f"(hd0)\t{dev}\n"       # the failing grub-install had the map...
+    assert files[DEVICE_MAP] is None               # ...and it is gone again
+    assert_clean(dev)
+
+
+SEEN = "/boot/device.map.seen"
+DEVICE_MAP = "/boot/grub/device.map"
+
+
+def spying_on_grub_install(template: str, device_map: str | None = None):
+    """populate callback: the real grub-install behind a wrapper that copies device.map.
+
+    The copy shows what grub-install read while it ran; ``device_map`` is the
+    image's own file, when it should ship one.
+    """
+    def populate(mnt: str) -> None:
+        copy_tree(template)(mnt)
+        real = os.path.join(mnt, "usr/sbin/grub-install")
+        os.rename(real, real + ".real")
+        rootfs.write_script(real, f"cat {DEVICE_MAP} > {SEEN} 2>/dev/null || rm -f {SEEN}\n"
+                                  'exec /usr/sbin/grub-install.real "$@"\n')
+        if device_map is not None:
+            with open(os.path.join(mnt, DEVICE_MAP.lstrip("/")), "w") as f:
+                f.write(device_map)
+    return populate
+
+
+@pytest.mark.parametrize("sector_size", [512, 4096])
+def test_device_map_names_the_disk_while_grub_install_runs(make_loop, grub_root_template,
+                                                          sector_size):
+    dev, root, uuid = mbr_disk(make_loop, spying_on_grub_install(grub_root_template),
+                               sector_size=sector_size)
+    state = agent_state(dev, enable_bios_bootloader_install=True)
+    outcome = install_bootloader(state, Request(root_uuid=uuid), arch="x86_64")
+    assert outcome.path == "grub-bios"
+    assert b"GRUB" in read_head(dev)
+    files = root_files(root, SEEN, DEVICE_MAP, "/boot/grub/i386-pc/normal.mod",
+                       "/boot/grub/grub.cfg")
+    assert files[SEEN] == f"(hd0)\t{dev}\n"
+    assert files[DEVICE_MAP] is None                       # the agent's file is removed...
+    assert files["/boot/grub/i386-pc/normal.mod"] is not None   # ...grub's own files stay
+    assert uuid in files["/boot/grub/grub.cfg"]
+    assert_clean(dev)
+
+
+def test_an_image_without_udevadm_fails_on_a_loop_disk_and_cleans_up(make_loop,
+                                                                     grub_root_template):
+    # The no-udev case on any host: the device.map names the drive, but grub
+    # still asks the image's udevadm where a loop partition starts (loop
+    # devices answer no HDIO_GETGEO), so this install cannot succeed.
+    def populate(mnt: str) -> None:
+        spying_on_grub_install(grub_root_template)(mnt)
+        for directory in ("usr/sbin", "usr/bin"):     # merged /usr: these are all there is
+            path = os.path.join(mnt, directory, "udevadm")
+            if os.path.lexists(path):
+                os.unlink(path)
+        assert rootfs.sh("chroot", mnt, "sh", "-c", "command -v udevadm",
+                         check=False).returncode != 0
+    dev, root, uuid = mbr_disk(make_loop, populate)
+    state = agent_state(dev, enable_bios_bootloader_install=True)
+    with pytest.raises(CommandExecutionError, match=r"cannot find a GRUB drive for "
+                                                    rf"{dev}p1"):
+        install_bootloader(state, Request(root_uuid=uuid), arch="x86_64")
+    files = root_files(root, SEEN, DEVICE_MAP)
+    assert files[SEEN] == f"(hd0)\t{dev}\n" and files[DEVICE_MAP] is None
+    assert read_head(dev, 440) == b"\0" * 440
+    assert_clean(dev)
+
+
+def test_the_images_own_device_map_is_left_byte_identical(make_loop, grub_root_template):
+    dev = make_loop(96 * MIB)
+    (root,) = rootfs.msdos(dev, ["start=2048, type=83, bootable"])
+    own = f"# written by the image's installer\n(hd0)   {dev}  \n"
+    uuid = rootfs.fill_ext4(root, spying_on_grub_install(grub_root_template, own))
+    state = agent_state(dev, enable_bios_bootloader_install=True)
+    install_bootloader(state, Request(root_uuid=uuid), arch="x86_64")
+    assert b"GRUB" in read_head(dev)
+    files = root_files(root, SEEN, DEVICE_MAP)
+    assert files[SEEN] == own                   # grub-install read the image's file
+    assert files[DEVICE_MAP] == own
     assert_clean(dev)
 
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from agent.errors import InvalidImage
+from agent.errors import CommandExecutionError, InvalidImage
 from agent.imaging.bootloader import CVE_MESSAGE, Request, install_bootloader
 from tests.conftest import requires_loop
 from tests.functional.imaging.bootloader import rootfs
@@ -22,10 +22,16 @@ pytestmark = [requires_loop, pytest.mark.usefixtures("bios_booted")]
 MIB = rootfs.MIB
 ARGV = "/boot/grub-install.argv"
 RECORDER = f'echo "$@" > {ARGV}\necho "Installing for powerpc-ieee1275 platform."\n'
+MAPS_SEEN = "/boot/device.maps.seen"
+# also records every device.map grub-install could read while it runs
+MAP_RECORDER = (f"for f in /boot/grub/device.map /boot/grub2/device.map; do\n"
+                f'  [ -e "$f" ] && {{ echo "== $f"; cat "$f"; }}\n'
+                f"done > {MAPS_SEEN}\n" + RECORDER)
 
 
 def image(template: str, *, install: str | None = "grub-install",
-          mkconfig_body: str | None = None, config: str | None = None):
+          mkconfig_body: str | None = None, config: str | None = None,
+          recorder: str = RECORDER):
     """populate callback: ``template`` plus a recording grub-install and optional extras."""
     def populate(mnt: str) -> None:
         copy_tree(template)(mnt)
@@ -34,7 +40,7 @@ def image(template: str, *, install: str | None = "grub-install",
             if os.path.exists(path):
                 os.unlink(path)
         if install:
-            rootfs.write_script(os.path.join(mnt, "usr/sbin", install), RECORDER)
+            rootfs.write_script(os.path.join(mnt, "usr/sbin", install), recorder)
         if mkconfig_body is not None:
             rootfs.write_script(os.path.join(mnt, "usr/sbin/grub2-mkconfig"), mkconfig_body)
         if config:
@@ -44,8 +50,9 @@ def image(template: str, *, install: str | None = "grub-install",
     return populate
 
 
-def prep_disk(make_loop, populate, *, garbage: bool = False) -> tuple[str, str, str, str]:
-    dev = make_loop(96 * MIB)
+def prep_disk(make_loop, populate, *, garbage: bool = False,
+              sector_size: int = 512) -> tuple[str, str, str, str]:
+    dev = make_loop(96 * MIB, sector_size=sector_size)
     prep, root = rootfs.gpt(dev, [(8, rootfs.PREP_TYPE), (0, rootfs.LINUX_TYPE)])
     if garbage:
         with open(prep, "r+b") as f:
@@ -66,6 +73,38 @@ def test_grub_goes_into_the_prep_partition_found_by_type(make_loop, grub_root_te
     assert "menuentry" in files["/boot/grub/grub.cfg"]       # real grub-mkconfig ran
     # grub-install refuses a PReP partition holding anything but zeros or an ELF image
     assert read_head(prep, 8 * MIB) == b"\0" * (8 * MIB)
+    assert_clean(dev)
+
+
+def test_grub2_install_gets_the_whole_disk_as_hd0_in_boot_grub2(make_loop, shell_root_template):
+    populate = image(shell_root_template, install="grub2-install", recorder=MAP_RECORDER,
+                     config="/boot/grub2/grub.cfg")
+    dev, prep, root, uuid = prep_disk(make_loop, populate)
+    outcome = install_bootloader(ppc_state(dev), Request(root_uuid=uuid), arch="ppc64le")
+    assert outcome.path == "prep"
+    files = root_files(root, MAPS_SEEN, ARGV, "/boot/grub2/device.map", "/boot/grub2/grub.cfg")
+    # the disk, not the PReP partition grub-install was given, and only where grub2-* reads it
+    assert files[MAPS_SEEN] == f"== /boot/grub2/device.map\n(hd0)\t{dev}\n"
+    assert files[ARGV] == f"--target=powerpc-ieee1275 --no-nvram {prep}\n"
+    assert files["/boot/grub2/device.map"] is None
+    assert files["/boot/grub2/grub.cfg"]
+    assert_clean(dev)
+
+
+def test_a_failing_grub_install_leaves_no_map_and_no_directory_behind(make_loop,
+                                                                      shell_root_template):
+    populate = image(shell_root_template, install="grub2-install",
+                     recorder=MAP_RECORDER + "echo 'grub-install: error: disk full' >&2\nexit 1\n")
+    dev, prep, root, uuid = prep_disk(make_loop, populate)
+    assert rootfs.root_exists(root, "/boot/grub2") == {"/boot/grub2": False}
+    with pytest.raises(CommandExecutionError, match="grub2-install --target=powerpc-ieee1275 "
+                                                    "--no-nvram .* failed with exit code 1"):
+        install_bootloader(ppc_state(dev), Request(root_uuid=uuid), arch="ppc64le")
+    assert root_files(root, MAPS_SEEN)[MAPS_SEEN] == \
+        f"== /boot/grub2/device.map\n(hd0)\t{dev}\n"
+    # the agent made /boot/grub2 for the map and removed it again
+    assert rootfs.root_exists(root, "/boot/grub2", "/boot/grub") == {"/boot/grub2": False,
+                                                                     "/boot/grub": True}
     assert_clean(dev)
 
 
@@ -144,12 +183,16 @@ def ppc_modules() -> str | None:
 
 @pytest.mark.skipif(ppc_modules() is None, reason="no powerpc-ieee1275 grub modules; run "
                     "tests/functional/imaging/bootloader/fetch_ppc_grub.sh")
-def test_real_grub_install_writes_a_powerpc_elf_into_prep(make_loop, grub_root_template):
-    # the image's real grub-install (Debian grub 2.06) with Debian's ppc64el modules
+@pytest.mark.parametrize("sector_size", [512, 4096])
+def test_real_grub_install_writes_a_powerpc_elf_into_prep(make_loop, grub_root_template,
+                                                          sector_size):
+    # the image's real grub-install (Debian grub 2.06) with Debian's ppc64el modules; Power
+    # systems often have 4Kn disks
     def populate(mnt: str) -> None:
         copy_tree(grub_root_template)(mnt)
         rootfs.sh("cp", "-a", ppc_modules(), os.path.join(mnt, "usr/lib/grub/"))
-    dev, prep, root, uuid = prep_disk(make_loop, populate, garbage=True)
+    dev, prep, root, uuid = prep_disk(make_loop, populate, garbage=True,
+                                      sector_size=sector_size)
     outcome = install_bootloader(ppc_state(dev), Request(root_uuid=uuid), arch="ppc64le")
     assert outcome.path == "prep"
     elf = read_head(prep, 20)
