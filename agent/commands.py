@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -89,6 +90,13 @@ class CommandResult:
         self.started_at = time.time()
         self.finished_at: float | None = None
 
+    def wait(self, gone: Callable[[], bool] | None = None, poll: float = 0.5) -> bool:
+        """Block until done, or until ``gone()`` says nobody is waiting any more."""
+        while not self.done.wait(poll):
+            if gone is not None and gone():
+                return False
+        return True
+
     def finish(self, status: str, result: Any = None,
                error: dict[str, Any] | None = None) -> None:
         self.result = result
@@ -147,7 +155,8 @@ def signature_validator(fn: Callable[..., Any]) -> Callable[[dict[str, Any]], di
             if takes_kwargs:
                 kwargs.update({k: params[k] for k in extra})
             else:
-                LOG.info("ignoring unknown parameters %s for %s", sorted(extra), fn.__name__)
+                LOG.info("ignoring unknown parameters %s for %s",
+                         errors.cap(str(sorted(extra)), 200), fn.__name__)
         return kwargs
     return validate
 
@@ -213,7 +222,9 @@ class CommandRunner:
         return None
 
     # -- execution ---------------------------------------------------------------------
-    def execute(self, name: Any, params: dict[str, Any], wait: bool = False) -> CommandResult:
+    def execute(self, name: Any, params: dict[str, Any], wait: bool = False,
+                gone: Callable[[], bool] | None = None) -> CommandResult:
+        """Validate and run a command; ``wait`` blocks on an async one unless ``gone()``."""
         short, fn, spec = self.resolve(name)
         out_of_band = name in OUT_OF_BAND
         with self._lock:
@@ -231,7 +242,7 @@ class CommandRunner:
             threading.Thread(target=self._run_async, args=(result, fn, kwargs),
                              name=f"cmd-{short}", daemon=True).start()
             if wait:
-                result.done.wait()
+                result.wait(gone)
             return result
         try:
             self._call(result, fn, kwargs)
@@ -272,11 +283,14 @@ class CommandRunner:
                     f"{result.command_name} returned a result that cannot be encoded as "
                     f"JSON: {exc}") from exc
         except BaseException as exc:  # noqa: BLE001 - everything becomes a FAILED result
+            error = errors.normalise(exc)
             if not isinstance(exc, (errors.AgentError,)):
-                LOG.exception("command %s raised", result.command_name)
+                # the traceback without the exception's own text, which may quote a payload
+                LOG.error("command %s raised %s\n%s", result.command_name, error["details"],
+                          "".join(traceback.format_tb(exc.__traceback__)))
             else:
-                LOG.error("command %s failed: %s", result.command_name, exc)
-            result.finish(FAILED, None, errors.normalise(exc))
+                LOG.error("command %s failed: %s", result.command_name, error["details"])
+            result.finish(FAILED, None, error)
         else:
             result.finish(status, value, error)
 

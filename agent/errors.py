@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# what any error keeps of its text: enough to explain, never a caller's payload
+MAX_DETAILS = 1000
+
 
 class AgentError(Exception):
     """Base class: ``code`` is the HTTP status, ``message`` fixed per type."""
@@ -18,7 +21,9 @@ class AgentError(Exception):
     message: str = "Command execution failed"
 
     def __init__(self, details: str | None = None, *, code: int | None = None) -> None:
-        self.details = details if details is not None else self.message
+        # capped here so neither a stored result nor a log line can carry a payload
+        self.details = (cap(details) if isinstance(details, str)
+                        else details if details is not None else self.message)
         if code is not None:
             self.code = code
         super().__init__(self.details)
@@ -73,6 +78,23 @@ class AgentIsBusy(AgentError):
 class CommandNotRunning(AgentError):
     code = 409
     message = "Command is not running"
+
+
+class MalformedRequest(AgentError):
+    """The HTTP framing or the JSON body cannot be used as a request."""
+
+    code = 400
+    message = "400 Bad Request"
+
+
+class RequestTooLarge(AgentError):
+    code = 413
+    message = "413 Request Entity Too Large"
+
+
+class RequestTimeout(AgentError):
+    code = 408
+    message = "408 Request Timeout"
 
 
 class ConfigError(AgentError):
@@ -170,37 +192,38 @@ class IncompatibleHardwareMethodError(AgentError):
     message = "Hardware method not supported"
 
 
-def normalise(exc: BaseException, *, wrap: type[AgentError] | None = None,
-              context: str = "") -> dict[str, Any]:
+def cap(text: str, limit: int = MAX_DETAILS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters not shown)"
+
+
+def normalise(exc: BaseException) -> dict[str, Any]:
     """Return the JSON-safe ``{type, code, message, details}`` for any exception.
 
-    Agent errors keep their type.  Anything else becomes ``wrap`` (default
-    CommandExecutionError) with the original class named in ``details`` so the
-    operator can still tell a ValueError from an OSError.  The type is never
-    ``TypeError``: the conductor treats that name as a signature mismatch.
+    Agent errors keep their type; anything else becomes CommandExecutionError
+    with the original class named in ``details``.  ``details`` is capped: it is
+    stored and served with every later listing, and an exception can quote
+    whatever the caller sent.
     """
     if isinstance(exc, AgentError):
         data = exc.to_dict()
     else:
-        cls = wrap or CommandExecutionError
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if context:
-            text = f"{context}. {text}"
-        data = {"type": cls.__name__, "code": cls.code, "message": cls.message,
-                "details": text}
+        data = {"type": CommandExecutionError.__name__, "code": CommandExecutionError.code,
+                "message": CommandExecutionError.message, "details": text}
     data["type"] = str(data.get("type") or "CommandExecutionError")
-    if data["type"] == "TypeError":
-        data["type"] = "CommandExecutionError"
     try:
         data["code"] = int(data.get("code") or 500)
     except (TypeError, ValueError):
         data["code"] = 500
-    data["message"] = str(data.get("message") or "")
-    data["details"] = str(data.get("details") or data["message"])
+    data["message"] = cap(str(data.get("message") or ""))
+    data["details"] = cap(str(data.get("details") or data["message"]))
     return data
 
 
-# --- controller integration (appended for issue 8) ------------------------------------
+# --- controller integration ----------------------------------------------------------
 
 class LookupFailed(AgentError):
     """No node was found for this machine before the lookup timeout."""

@@ -27,6 +27,10 @@ class Runtime:
         self.state.tool_report = tools.check_tools()
         for line in tools.missing_report(self.state.tool_report):
             LOG.warning("tool check: %s", line)
+        inert = config.inert_settings_given()
+        if inert:
+            LOG.warning("settings accepted but not used yet, so they have no effect: %s",
+                        ", ".join(inert))
         self.runner = CommandRunner(load_extensions(self.state), config.max_results)
         self.app: Flask = api.create_app(self.state, self.runner)
         self.server: AgentServer | None = None
@@ -54,7 +58,8 @@ class Runtime:
             self.server = AgentServer(self.app, self.config.listen_host,
                                       self.config.listen_port, cert_file=cert, key_file=key,
                                       tls_min_version=self.config.tls_min_version,
-                                      ciphers=self.config.tls_cipher_suites)
+                                      ciphers=self.config.tls_cipher_suites,
+                                      max_body=self.config.max_request_bytes)
         finally:
             # the SSL context holds the key in memory once loaded; a private key
             # left in /tmp would outlive the agent for nothing

@@ -387,8 +387,11 @@ def test_static_tls_with_a_generated_certificate(tls_agent, cert_pair, tmp_path,
 def test_tls_verification_fails_without_the_certificate(tls_agent: Agent) -> None:
     with pytest.raises(requests.exceptions.SSLError):
         AgentClient(tls_agent.url, verify=True).status()
-    with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get(tls_agent.url.replace("https", "http") + "/v1/status", timeout=30)
+    # plain HTTP on the TLS port: no data, only the reason, in the API's envelope
+    resp = requests.get(tls_agent.url.replace("https", "http") + "/v1/status", timeout=30)
+    assert resp.status_code == 400
+    assert resp.json() == {"faultcode": "Client",
+                           "faultstring": "400 Bad Request: this port speaks HTTPS only"}
 
 
 def test_tls13_client_like_the_conductor(tls_agent: Agent, cert_pair) -> None:

@@ -76,6 +76,8 @@ class Work(Extension):
             raise errors.DeviceNotFound("no disk matched")
         if kind == "exit":
             raise SystemExit(3)
+        if kind.startswith("echo:"):
+            raise ValueError(f"cannot use {kind!r}")    # an exception quoting its input
         raise ValueError("something odd")
 
     @command(is_async=True)
@@ -534,3 +536,13 @@ def test_context_cancel_flag() -> None:
     assert ctx.cancelled is True
     with pytest.raises(errors.Cancelled):
         ctx.check_cancelled()
+
+
+def test_a_huge_argument_is_neither_stored_nor_logged(runner, caplog) -> None:
+    big = "echo:" + "B" * (4 * 1024 * 1024)
+    with caplog.at_level(logging.DEBUG):
+        result = runner.execute("work.raises", {"kind": big, "unknown_" + "k" * 100_000: 1})
+    assert result.status == "FAILED"
+    assert len(json.dumps([r.to_dict() for r in runner.list_results()])) < 4096
+    assert len(caplog.text) < 16 * 1024
+    assert "ValueError" in caplog.text

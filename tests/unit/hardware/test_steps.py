@@ -108,14 +108,23 @@ def test_version_mismatch(runner):
 
 
 @pytest.mark.parametrize("step, fragment", [
-    ({"interface": "deploy"}, "Malformed clean step, no 'step' key"),
+    ({"interface": "deploy"}, "'step' must name a step"),
+    ({"step": "upgrade_bios", "interface": "management", "args": ["x"]},
+     "'args' must be an object"),
+])
+def test_malformed_steps_are_refused_in_the_request(runner, step, fragment):
+    # refused as a 400 before anything runs, so nothing of the step is stored (issue 15)
+    r, _ = runner
+    with pytest.raises(errors.InvalidCommandParamsError, match=fragment):
+        run(r, "execute_clean_step", {"step": step, "node": {}, "ports": []})
+
+
+@pytest.mark.parametrize("step, fragment", [
     ({"step": "reformat_universe", "interface": "deploy"},
      "clean step reformat_universe is not offered by this agent"),
     ({"step": "promised", "interface": "deploy"}, "offers clean step promised but does not"),
     ({"step": "upgrade_bios", "interface": "management", "args": {"colour": "red"}},
      "does not accept argument(s) colour"),
-    ({"step": "upgrade_bios", "interface": "management", "args": ["x"]},
-     "'args' must be an object"),
     ({"step": "explode", "interface": "deploy"},
      "Unexpected exception performing clean step explode. KeyError: 'boom'"),
 ])
