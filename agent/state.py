@@ -15,6 +15,23 @@ from typing import Any
 from agent.config import Config, is_ramdisk
 
 
+@dataclasses.dataclass(frozen=True)
+class WrittenImage:
+    """An image this agent wrote: which image, which bytes, which disk, and how it looked.
+
+    ``fingerprint`` hashes the disk's first and last MiB after the write; a
+    disk erased or written by anything else no longer matches it.
+    """
+
+    image_id: str
+    algo: str
+    digest: str
+    device: str          # realpath of the disk
+    device_number: int   # st_rdev, so a renamed node or a reused name is told apart
+    size: int
+    fingerprint: str
+
+
 @dataclasses.dataclass
 class AgentState:
     config: Config
@@ -23,7 +40,8 @@ class AgentState:
     ports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # what the last image write recorded, for standby.get_partition_uuids
     partition_uuids: dict[str, Any] = dataclasses.field(default_factory=dict)
-    written_image_id: str | None = None
+    # the whole-disk image this agent last wrote, for the "already written" shortcut
+    written_image: WrittenImage | None = None
     # set by lockdown / finalize_rescue: the API and heartbeats stop
     stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
     on_stop: list[Callable[[], None]] = dataclasses.field(default_factory=list)

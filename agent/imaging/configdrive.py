@@ -29,6 +29,7 @@ from agent.errors import AgentError, DeploymentError, InvalidCommandParamsError
 from agent.imaging import partition_edit, reread
 from agent.imaging import partition_table as pt
 from agent.imaging.configdrive_build import build_iso, iso_files, iso_label
+from agent.imaging.httpget import GetFailed, capped_get
 
 LOG = logging.getLogger(__name__)
 
@@ -128,18 +129,11 @@ def _http_get(url: str, timeout: float) -> bytes:
     session = requests.Session()
     session.trust_env = False      # like IPA: no proxies for the config drive
     try:
-        with session.get(url, timeout=timeout, stream=True) as resp:
-            if resp.status_code >= 400:
-                raise DeploymentError(f"cannot download the config drive from {url}: "
-                                      f"HTTP {resp.status_code}")
-            body = bytearray()
-            for chunk in resp.iter_content(MiB):
-                body += chunk
-                if len(body) > _MAX_DOWNLOAD:
-                    raise DeploymentError(SIZE_ERROR)
-            return bytes(body)
-    except requests.RequestException as exc:
-        raise DeploymentError(f"cannot download the config drive from {url}: {exc}") from None
+        return capped_get(url, limit=_MAX_DOWNLOAD, timeout=timeout, session=session)
+    except GetFailed as exc:
+        if exc.too_large:
+            raise DeploymentError(SIZE_ERROR) from None
+        raise DeploymentError(f"cannot download the config drive: {exc.reason}") from None
     finally:
         session.close()
 

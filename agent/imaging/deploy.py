@@ -3,6 +3,7 @@
 This is the one place that composes the imaging stages for a command:
 validate → choose device → resolve checksum → stream (source → hash →
 decompress → writer) → re-read partitions → config drive → record UUIDs.
+Partition images take their own order (agent/imaging/partition_deploy.py).
 """
 
 from __future__ import annotations
@@ -53,14 +54,25 @@ def choose_device(state: AgentState) -> tuple[str, str]:
     return name, reason
 
 
-def make_source(spec: image_info.ImageSpec, state: AgentState,
-                cancel_check: Callable[[], None]) -> HTTPSource:
-    cfg = state.config
+def make_session(spec: image_info.ImageSpec, state: AgentState) -> requests.Session:
+    """One session per image, so its checksum file and its bytes see the same TLS
+    verification (``insecure``) and the same proxies."""
     session = requests.Session()
+    session.verify = not state.config.insecure
     if spec.no_proxy and spec.proxies:
         session.trust_env = False
         session.proxies.update({"no_proxy": spec.no_proxy})
-    return HTTPSource(spec.urls, session=session, headers=spec.headers, auth=spec.auth,
+    if spec.proxies:
+        session.proxies.update(spec.proxies)
+    return session
+
+
+def make_source(spec: image_info.ImageSpec, state: AgentState,
+                cancel_check: Callable[[], None],
+                session: requests.Session | None = None) -> HTTPSource:
+    cfg = state.config
+    return HTTPSource(spec.urls, session=session or make_session(spec, state),
+                      headers=spec.headers, auth=spec.auth,
                       proxies=spec.proxies, timeout=cfg.image_download_connection_timeout,
                       retries=cfg.image_download_connection_retries,
                       retry_interval=cfg.image_download_connection_retry_interval,
@@ -68,21 +80,32 @@ def make_source(spec: image_info.ImageSpec, state: AgentState,
                       verify=not cfg.insecure, cancel_check=cancel_check)
 
 
+def resolve_checksum(state: AgentState, spec: image_info.ImageSpec,
+                     session: requests.Session) -> checksum.Expected:
+    cfg = state.config
+    return checksum.resolve(
+        spec, cfg.md5_enabled,
+        lambda url: fetch_text(url, session=session,
+                               timeout=cfg.image_download_connection_timeout,
+                               headers=spec.headers, auth=spec.auth))
+
+
 def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
                 progress: Progress | None = None,
                 cancel_check: Callable[[], None] = lambda: None,
-                options: StreamOptions | None = None) -> tuple[StreamReport, str]:
+                options: StreamOptions | None = None,
+                expected: checksum.Expected | None = None,
+                session: requests.Session | None = None) -> tuple[StreamReport, str]:
     """Stream a whole-disk image onto ``device`` after checking it is safe to."""
     from agent.imaging import blockdev
     cfg = state.config
     LOG.info("installing image %s on %s", spec.id, device)
     device_size = blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
-    expected = checksum.resolve(
-        spec, cfg.md5_enabled,
-        lambda url: fetch_text(url, timeout=cfg.image_download_connection_timeout,
-                               headers=spec.headers, auth=spec.auth))
+    session = session or make_session(spec, state)
+    if expected is None:
+        expected = resolve_checksum(state, spec, session)
     opts = options or StreamOptions()
-    source = make_source(spec, state, cancel_check)
+    source = make_source(spec, state, cancel_check, session)
     if progress is not None:
         progress.update(phase="connect", unit="bytes")
     opened = open_image(source)
@@ -185,87 +208,45 @@ def _finish_whole_disk(state: AgentState, device: str, data: bytes | None
     return steps
 
 
-def _partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
-                     data: bytes | None, progress: Progress | None,
-                     cancel_check: Callable[[], None], verify: bool) -> dict[str, Any]:
-    import platform
-
-    from agent.imaging import blockdev, partition_image
-    raw = spec.raw
-    node = state.node or {}
-    cpu_arch = (node.get("properties") or {}).get("cpu_arch") or platform.machine()
-    layout_args = {
-        "root_mb": _int(raw, "root_mb"), "swap_mb": _int(raw, "swap_mb"),
-        "ephemeral_mb": _int(raw, "ephemeral_mb"),
-        "boot_mode": raw.get("deploy_boot_mode") or "bios",
-        "disk_label": raw.get("disk_label"), "cpu_arch": cpu_arch,
-        "configdrive_size": len(data) if data else 0}
-    partition_image.plan_layout(**layout_args)   # refuse bad sizes before touching the disk
-    blockdev.check_target(device, allow_loop=state.config.include_loop_devices)
-    layout = partition_image.create_layout(
-        device, ephemeral_format=raw.get("ephemeral_format"),
-        preserve_ephemeral=bool(raw.get("preserve_ephemeral")), **layout_args)
-    expected = checksum.resolve(
-        spec, state.config.md5_enabled,
-        lambda url: fetch_text(url, timeout=state.config.image_download_connection_timeout,
-                               headers=spec.headers, auth=spec.auth))
-    opts = _stream_options(state, verify)
-    opts.inspect_head = _raw_partition_only
-    report = stream_image(make_source(spec, state, cancel_check), layout["root"], expected,
-                          progress=progress, cancel_check=cancel_check, options=opts)
-    steps: dict[str, Any] = {"write": report.as_dict(), "partitions": layout}
-    if data is not None:
-        from agent.imaging import configdrive
-        steps["configdrive"] = configdrive.write_configdrive(
-            device, data, partition=layout["configdrive"])
-    state.partition_uuids = partition_image.partition_uuids(layout)
-    return steps
-
-
-def _raw_partition_only(opened: OpenedImage) -> None:
-    inspection = formats.inspect(opened.read_at)
-    if inspection.format not in RAW_FORMATS:
-        raise InvalidImage(f"the partition image is {inspection.format}; partition images "
-                           "must be raw (optionally compressed)")
-
-
-def _int(raw: dict[str, Any], key: str) -> int:
-    value = raw.get(key) or 0
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InvalidImage(f"image_info {key} must be an integer, got {value!r}") from None
-
-
 def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = None, *,
             progress: Progress | None = None, cancel_check: Callable[[], None] = lambda: None,
             force: bool = False, verify_after_write: bool = False,
             write_configdrive: bool = True) -> dict[str, Any]:
     """prepare_image / cache_image / write_image: the image, then the config drive."""
+    from agent.imaging import blockdev, partition_deploy, written
     # decode (and download) the config drive before the disk is touched
     data = _configdrive_bytes(state, configdrive) if write_configdrive else None
     device, reason = choose_device(state)
     outcome: dict[str, Any] = {"device": device, "device_reason": reason, "write": None}
+    session = make_session(spec, state)
+    options = _stream_options(state, verify_after_write)
     if spec.is_partition_image:
-        state.written_image_id = None
-        outcome.update(_partition_image(state, spec, device, data, progress, cancel_check,
-                                        verify_after_write))
-        state.written_image_id = spec.id
-    elif not force and state.written_image_id == spec.id and state.partition_uuids:
+        state.written_image = None
+        outcome.update(partition_deploy.deploy(
+            state, spec, device, data,
+            resolve=lambda: resolve_checksum(state, spec, session),
+            open_source=lambda: make_source(spec, state, cancel_check, session),
+            progress=progress, cancel_check=cancel_check, options=options))
+        outcome["message"] = result_message(spec, device, state.partition_uuids)
+        return outcome
+    blockdev.check_target(device, allow_loop=state.config.include_loop_devices)
+    expected = resolve_checksum(state, spec, session)
+    if not force and state.partition_uuids and written.matches(
+            state.written_image, spec.id, expected, device):
         # a conductor retry after a lost response must not rewrite the disk
-        LOG.info("image %s already written to %s by this agent; not writing it again",
-                 spec.id, device)
+        LOG.info("image %s (%s %s) already written to %s by this agent, which is unchanged "
+                 "since; not writing it again", spec.id, expected.algo, expected.value, device)
         if data is not None:
             outcome.update(_finish_whole_disk(state, device, data))
     else:
-        state.written_image_id = None
+        state.written_image = None
         report, _ = write_image(state, spec, device=device, progress=progress,
-                                cancel_check=cancel_check,
-                                options=_stream_options(state, verify_after_write))
+                                cancel_check=cancel_check, options=options,
+                                expected=expected, session=session)
         outcome["write"] = report.as_dict()
         if progress is not None:
             progress.update(phase="configdrive" if data else "partitions", done=0, total=None)
         outcome.update(_finish_whole_disk(state, device, data))
-        state.written_image_id = spec.id
+    state.written_image = written.record(spec.id, expected, device)
     outcome["message"] = result_message(spec, device, state.partition_uuids)
     return outcome

@@ -114,6 +114,13 @@ def write_layout(device: str, label: str, specs: list[PartSpec]) -> dict[str, pt
     return _verify_layout(device, label, specs)
 
 
+def check_fits(device: str, label: str, specs: list[PartSpec]) -> None:
+    """Raise what ``write_layout`` would, without writing: before the network is used."""
+    table = pt.read_table(device)
+    build = _gpt_layout_script if label == "gpt" else _mbr_layout_script
+    build(device, specs, table.sector_size, table.disk_size)
+
+
 # --- helpers -----------------------------------------------------------------------------
 
 def _require(device: str, kind: str) -> pt.PartitionTable:

@@ -95,7 +95,7 @@ def create_layout(device: str, *, root_mb: int, swap_mb: int = 0, ephemeral_mb: 
         raise InvalidCommandParamsError(f"ephemeral_format {ephemeral_format!r} is not "
                                         f"supported; use one of {', '.join(EPHEMERAL_FORMATS)}")
     if preserve_ephemeral and ephemeral_mb:
-        _check_preservable(device, label, specs)
+        check_preservable(device, label, specs)
     parts = partition_edit.write_layout(device, label, specs)
     kernel = reread.reread(device, timeout=timeout)
     layout = {key: kernel.partitions[part.number] for key, part in parts.items()}
@@ -157,7 +157,7 @@ def _mkfs(fmt: str, node: str, label: str) -> None:
         tools.run(f"mkfs.{fmt}", "-F", "-q", "-L", label, node)
 
 
-def _check_preservable(device: str, label: str, specs: list[PartSpec]) -> None:
+def check_preservable(device: str, label: str, specs: list[PartSpec]) -> None:
     """The ephemeral partition must already sit exactly where the new layout puts it."""
     table = pt.read_table(device)
     index = next(i for i, s in enumerate(specs) if s.key == EPHEMERAL)

@@ -5,6 +5,12 @@ already received (guarded by ``If-Range`` so a changed file is never
 spliced); a server that answers 200 instead restarts the stream, which the
 pipeline sees as ``RestartFromZero``.  4xx other than 408/429 is fatal at
 once; 5xx and connection errors are retried with bounded backoff.
+
+Reconnections are bounded too: at most ``retries`` restarts from byte 0, at
+most ``retries`` reconnections in a row that bring no byte beyond the furthest
+one already seen, and no longer than ``stall_limit`` seconds without such a
+byte.  A server that cuts every response at the same place therefore fails
+the download instead of having the disk rewritten forever.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import requests
 import tenacity
 
 from agent.errors import ImageDownloadError, ImageDownloadTimeoutError
+from agent.imaging.httpget import GetFailed, capped_get, describe
 
 LOG = logging.getLogger(__name__)
 RETRYABLE_4XX = {408, 429}
@@ -44,10 +51,12 @@ class HTTPSource:
                  auth: tuple[str, str] | None = None, proxies: dict[str, str] | None = None,
                  timeout: float = 60.0, retries: int = 9, retry_interval: float = 10.0,
                  max_duration: float = 0.0, verify: bool = True,
-                 cancel_check: Callable[[], None] = lambda: None) -> None:
+                 cancel_check: Callable[[], None] = lambda: None,
+                 stall_limit: float | None = None) -> None:
         self.urls = list(urls)
         self.session = session or requests.Session()
         self.session.verify = verify
+        self.verify = verify
         if proxies:
             self.session.proxies.update(proxies)
         self.headers = dict(headers or {})
@@ -66,6 +75,13 @@ class HTTPSource:
         self._validator: str | None = None
         self._resp: requests.Response | None = None
         self._started = time.monotonic()
+        # every reconnection may wait up to ``timeout`` to connect and to read
+        self.stall_limit = stall_limit if stall_limit is not None else \
+            max(self.timeout, 1.0) * (self.retries + 1)
+        self._furthest = 0                  # furthest byte received on any pass
+        self._furthest_at = time.monotonic()
+        self._furthest_at_last_cut = 0
+        self._stuck = 0                     # reconnections in a row without a new byte
 
     # -- connection ------------------------------------------------------------------
     def _request(self, url: str, offset: int) -> requests.Response:
@@ -76,8 +92,9 @@ class HTTPSource:
                 headers["If-Range"] = self._validator
         self.requests += 1
         try:
+            # per request: requests lets REQUESTS_CA_BUNDLE override a session's verify=False
             resp = self.session.get(url, headers=headers, auth=self.auth, stream=True,
-                                    timeout=(self.timeout, self.timeout))
+                                    timeout=(self.timeout, self.timeout), verify=self.verify)
         except requests.RequestException as exc:
             raise _Retryable(f"{url}: {exc}") from exc
         if resp.status_code in (200, 206):
@@ -130,7 +147,32 @@ class HTTPSource:
         """Start a fresh transfer from byte 0 (after a checksum mismatch)."""
         self.close()
         self.received = 0
+        # a deliberate second pass: progress is measured afresh
+        self._furthest = self._furthest_at_last_cut = self._stuck = 0
+        self._furthest_at = time.monotonic()
         self.open()
+
+    def _interrupted(self, reason: str) -> None:
+        """The transfer broke: refuse to reconnect once it stopped getting anywhere."""
+        if self._furthest > self._furthest_at_last_cut:
+            self._stuck = 0
+        else:
+            self._stuck += 1
+        self._furthest_at_last_cut = self._furthest
+        where = f"at byte {self.received} of {self.total if self.total is not None else '?'}"
+        if self._stuck > self.retries:
+            raise ImageDownloadError(
+                f"download of {describe(self.url or '')} gave up {where}: {self._stuck} "
+                f"reconnections in a row brought no new data ({reason})")
+        stalled = time.monotonic() - self._furthest_at
+        if stalled > self.stall_limit:
+            raise ImageDownloadError(
+                f"download of {describe(self.url or '')} gave up {where}: no new data for "
+                f"{stalled:.0f}s across reconnections, the limit is {self.stall_limit:g}s "
+                f"({reason})")
+        if self._stuck:
+            # the same cut again: do not hammer the server
+            self._sleep(min(self.retry_interval * self._stuck, MAX_BACKOFF_S))
 
     def _adopt(self, resp: requests.Response, offset: int) -> None:
         if resp.status_code == 206:
@@ -150,7 +192,14 @@ class HTTPSource:
             # asked for a range, got the whole file: splice nothing, start over
             self.restarts += 1
             self.received = 0
-            LOG.warning("%s does not support resuming; restarting from byte 0", self.url)
+            if self.restarts > self.retries:
+                resp.close()
+                raise ImageDownloadError(
+                    f"{describe(self.url or '')} cannot resume and the download broke "
+                    f"{self.restarts} times; gave up after restarting from byte 0 "
+                    f"{self.retries} times")
+            LOG.warning("%s does not support resuming; restarting from byte 0 (%d of at most "
+                        "%d)", describe(self.url or ''), self.restarts, self.retries)
             raise RestartFromZero()
 
     def readinto(self, buf: memoryview) -> int:
@@ -169,6 +218,9 @@ class HTTPSource:
                 n, reason = -1, f"{type(exc).__name__}: {exc}"
             if n > 0:
                 self.received += n
+                if self.received > self._furthest:
+                    self._furthest = self.received
+                    self._furthest_at = time.monotonic()
                 return n
             if n == 0 and (self.total is None or self.received >= self.total):
                 if self.total is not None and self.received > self.total:
@@ -181,8 +233,9 @@ class HTTPSource:
             if failures > self.retries:
                 raise ImageDownloadError(f"download of {self.url} failed at byte "
                                          f"{self.received}: {reason}")
-            LOG.warning("download interrupted (%s); resuming", reason)
             self._resp.close()
+            self._interrupted(reason)
+            LOG.warning("download interrupted (%s); resuming", reason)
             self._resp = self._connect(self.received)
             self._adopt(self._resp, self.received)
 
@@ -198,14 +251,14 @@ class HTTPSource:
 def fetch_text(url: str, *, session: requests.Session | None = None, timeout: float = 60.0,
                headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
                limit: int = 4 << 20) -> str:
-    """Download a small text resource (checksum files); errors are ImageDownloadError."""
-    session = session or requests.Session()
+    """Download a small text resource (checksum files); errors are ImageDownloadError.
+
+    Pass the image's ``session`` so TLS verification (``insecure``) and proxies
+    apply to the checksum file exactly as they do to the image.
+    """
     try:
-        resp = session.get(url, headers=headers, auth=auth, timeout=(timeout, timeout))
-    except requests.RequestException as exc:
-        raise ImageDownloadError(f"could not fetch {url}: {exc}") from exc
-    if resp.status_code != 200:
-        raise ImageDownloadError(f"could not fetch {url}: HTTP {resp.status_code}")
-    if len(resp.content) > limit:
-        raise ImageDownloadError(f"{url} is larger than {limit} bytes")
-    return resp.text
+        body = capped_get(url, limit=limit, timeout=timeout, session=session,
+                          headers=headers, auth=auth)
+    except GetFailed as exc:
+        raise ImageDownloadError(f"checksum file: {exc.reason}") from None
+    return body.decode("utf-8", "replace")

@@ -319,8 +319,8 @@ def stream_image(source: HTTPSource, device: str, expected: Expected, *,
                 if checksum_failures > opts.checksum_retries:
                     raise
                 LOG.warning("checksum mismatch; downloading the whole image once more")
+                writer.rewind()     # wiped again before a single byte of the next pass
                 source.reopen()
-                writer.rewind()
                 opened = _read_firsts(source)
                 continue
             break

@@ -97,8 +97,14 @@ class DeviceWriter:
         return padded
 
     def rewind(self) -> None:
-        """The stream restarts at byte 0: forget the held head, keep the wiped tables."""
-        self._flush_zero()
+        """The stream restarts at byte 0: wipe again, then forget the held head.
+
+        The pass that ended wrote the image's body, and with it the image's
+        backup GPT at the image's end; left there, a kill during the next pass
+        would leave a disk that firmware may recover a table from.
+        """
+        self._pending_zero = None
+        self._wipe_tables(extra_end=self.base + self.position)
         self.position = 0
         self._head.clear()
 

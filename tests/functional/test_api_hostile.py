@@ -338,8 +338,11 @@ def test_a_chunked_body_is_counted_as_it_arrives(serve) -> None:
     srv, _ = serve(max_request_bytes=64 * 1024)
     with connect(srv.port, False) as s:
         s.sendall(b"POST /v1/commands/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(20):
+        for _ in range(4):                  # exactly the limit, no end in sight
             s.sendall(b"4000\r\n" + b"a" * 0x4000 + b"\r\n")
+        # the next chunk's size line alone crosses the limit: refused before its data,
+        # so nothing unread is left for the close to turn into a reset
+        s.sendall(b"4000\r\n")
         assert_envelope(*read_answer(s), 413)
 
 

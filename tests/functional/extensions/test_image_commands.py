@@ -270,8 +270,9 @@ def test_bad_partition_sizes_fail_before_the_disk_is_touched(agent, image_server
     params = {"image_info": info(image_server, b"x" * 4096, image_type="partition",
                                  root_mb=-5), "node": node_for(loop_disk)}
     status, body = post(client, "standby.prepare_image", params)
-    assert body["command_status"] == "FAILED"
-    assert "root_mb" in body["command_error"]["details"]
+    assert status == 400, body
+    assert "root_mb" in body["faultstring"] and "-5" not in body["faultstring"]
+    assert image_server.log == []
     with open(loop_disk, "rb") as f:
         assert f.read(4096) == b"\xcc" * 4096
 

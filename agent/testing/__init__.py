@@ -1,1 +1,0 @@
-"""Test and operator tooling that is not part of the agent itself."""
