@@ -25,8 +25,11 @@ class RingHandler(logging.Handler):
             return
 
     def text(self) -> str:
-        with self.lock:
+        self.acquire()
+        try:
             return "\n".join(self._lines) + "\n"
+        finally:
+            self.release()
 
 
 RING = RingHandler()

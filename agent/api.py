@@ -124,7 +124,7 @@ def create_app(state: AgentState, runner: CommandRunner) -> Flask:
         if expected is None:
             # no controller hands out a token in standalone mode; without an
             # explicit --token the API is open there, and closed otherwise
-            return bool(state.config.standalone)
+            return state.config.standalone
         given = request.args.get("agent_token")
         return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 

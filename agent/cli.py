@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("name", help="<extension>.<command>")
     call.add_argument("params", nargs="*", help="key=value (values parsed as JSON if possible)")
     sub.add_parser("tools", help="report which system tools are present")
-    from agent.cli_deploy import add_parser as add_deploy_parser
+    from agent.driver.cli import add_parser as add_deploy_parser
+    from agent.driver.standin_cli import add_parser as add_standin_parser
     add_deploy_parser(sub)
+    add_standin_parser(sub)
     return parser
 
 
@@ -113,7 +115,7 @@ class ProgressPrinter:
 
 
 def make_client(args: argparse.Namespace) -> Any:
-    from agent.client import AgentClient
+    from agent.driver.client import AgentClient
     verify: bool | str = True
     if args.ca == "insecure":
         verify = False
@@ -123,7 +125,7 @@ def make_client(args: argparse.Namespace) -> Any:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    from agent.client import AgentAPIError, CommandFailed
+    from agent.driver.client import AgentAPIError, CommandFailed
     client = make_client(args)
     printer = ProgressPrinter()
     try:
@@ -166,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if cfg.standalone or not cfg.api_url:
             runtime.start_api()
         else:
-            from agent.controller import run_with_controller
+            from agent.ironic.session import run_with_controller
             run_with_controller(runtime)
         runtime.wait()
     except AgentError as exc:
@@ -195,14 +197,19 @@ def cmd_tools(_: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from agent.cli_deploy import run
+    from agent.driver.cli import run
     return run(args, ProgressPrinter())
+
+
+def cmd_standin(args: argparse.Namespace) -> int:
+    from agent.driver.standin_cli import run
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "call": cmd_call, "tools": cmd_tools,
-                "deploy": cmd_deploy}
+                "deploy": cmd_deploy, "standin": cmd_standin}
     return handlers[args.cmd](args)
 
 

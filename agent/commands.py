@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent import errors
-from agent.progress import Progress
+from agent.context import CommandContext
 
 LOG = logging.getLogger(__name__)
 
@@ -36,15 +36,18 @@ VERSION_MISMATCH = "CLEAN_VERSION_MISMATCH"
 OUT_OF_BAND = {"log.collect_system_logs"}
 
 
+Validator = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 @dataclasses.dataclass(frozen=True)
 class CommandSpec:
     name: str
     is_async: bool
-    validator: Callable[[dict[str, Any]], dict[str, Any]] | str | None
+    validator: Validator | str | None
 
 
 def command(name: str | None = None, *, is_async: bool = False,
-            validator: Callable[[dict[str, Any]], dict[str, Any]] | str | None = None
+            validator: Validator | str | None = None
             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark an extension method as a command.
 
@@ -54,27 +57,10 @@ def command(name: str | None = None, *, is_async: bool = False,
     extension.  Without one, params are checked against the method's signature.
     """
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn._command_spec = CommandSpec(name or fn.__name__, is_async, validator)
+        setattr(fn, "_command_spec",  # noqa: B010 - a marker the runner looks for
+                CommandSpec(name or fn.__name__, is_async, validator))
         return fn
     return decorate
-
-
-class CommandContext:
-    """What a running command gets: progress, cancellation, and its own id."""
-
-    def __init__(self, command_id: str, name: str) -> None:
-        self.id = command_id
-        self.name = name
-        self.progress = Progress()
-        self.cancel_event = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
-
-    def check_cancelled(self) -> None:
-        if self.cancel_event.is_set():
-            raise errors.Cancelled(f"{self.name} was cancelled by request")
 
 
 class CommandResult:
@@ -165,17 +151,18 @@ class CommandRunner:
     """Runs commands one at a time and keeps their results."""
 
     def __init__(self, extensions: Iterable[Any], max_results: int = 1000) -> None:
-        self._commands: dict[str, dict[str, tuple[Callable[..., Any], CommandSpec]]] = {}
+        self._commands: dict[str, dict[str, tuple[Callable[..., Any], CommandSpec, Validator]]] = {}
         for ext in extensions:
             table = self._commands.setdefault(ext.name, {})
             for attr in dir(type(ext)):
                 spec = getattr(getattr(type(ext), attr), "_command_spec", None)
                 if spec is not None:
-                    if isinstance(spec.validator, str):
+                    fn = getattr(ext, attr)
+                    validate = spec.validator
+                    if isinstance(validate, str):
                         # a method name: validators that need the extension's config
-                        spec = dataclasses.replace(spec,
-                                                   validator=getattr(ext, spec.validator))
-                    table[spec.name] = (getattr(ext, attr), spec)
+                        validate = getattr(ext, validate)
+                    table[spec.name] = (fn, spec, validate or signature_validator(fn))
         self._results: collections.OrderedDict[str, CommandResult] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._busy: str | None = None  # short name of an in-flight sync command
@@ -187,6 +174,10 @@ class CommandRunner:
         return sorted(self._commands)
 
     def resolve(self, name: Any) -> tuple[str, Callable[..., Any], CommandSpec]:
+        cmd, fn, spec, _ = self._lookup(name)
+        return cmd, fn, spec
+
+    def _lookup(self, name: Any) -> tuple[str, Callable[..., Any], CommandSpec, Validator]:
         if not isinstance(name, str) or "." not in name:
             raise errors.InvalidCommandError(
                 "Command name must be of the form <extension>.<name>")
@@ -194,10 +185,10 @@ class CommandRunner:
         if ext not in self._commands:
             raise errors.ExtensionNotFoundError(ext)
         try:
-            fn, spec = self._commands[ext][cmd]
+            fn, spec, validate = self._commands[ext][cmd]
         except KeyError:
             raise errors.InvalidCommandError(f"Unknown command: {cmd}") from None
-        return cmd, fn, spec
+        return cmd, fn, spec, validate
 
     def list_results(self) -> list[CommandResult]:
         with self._lock:
@@ -225,14 +216,14 @@ class CommandRunner:
     def execute(self, name: Any, params: dict[str, Any], wait: bool = False,
                 gone: Callable[[], bool] | None = None) -> CommandResult:
         """Validate and run a command; ``wait`` blocks on an async one unless ``gone()``."""
-        short, fn, spec = self.resolve(name)
+        short, fn, spec, validate = self._lookup(name)
         out_of_band = name in OUT_OF_BAND
         with self._lock:
             running = self._running_locked()
             busy = running.command_name if running else self._busy
             if busy and not out_of_band:
                 raise errors.AgentIsBusy(busy)
-            kwargs = self._validate(fn, spec, params)
+            kwargs = self._validate(validate, params)
             result = CommandResult(short, spec.is_async)
             if spec.is_async:
                 self._store(result)
@@ -253,11 +244,9 @@ class CommandRunner:
                     self._store(result)
         return result
 
-    def _validate(self, fn: Callable[..., Any], spec: CommandSpec,
-                  params: dict[str, Any]) -> dict[str, Any]:
-        validator = spec.validator or signature_validator(fn)
+    def _validate(self, validate: Validator, params: dict[str, Any]) -> dict[str, Any]:
         try:
-            return validator(dict(params))
+            return validate(dict(params))
         except errors.AgentError as exc:
             if isinstance(exc, errors.InvalidCommandParamsError):
                 raise

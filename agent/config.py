@@ -86,6 +86,8 @@ def _port(value: Any) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting's parse rule and documentation (the config table is rendered from these)."""
+
     name: str
     parse: Callable[[Any], Any]
     default: Any
@@ -95,127 +97,164 @@ class Setting:
     inert: bool = False
 
 
-S = Setting
-SETTINGS: tuple[Setting, ...] = (
-    S("api_url", _api_urls, [], "controller (Ironic API) URLs, tried in order", ("ipa-api-url",)),
-    S("insecure", parse_bool, False, "skip TLS verification for outbound HTTPS", ("ipa-insecure",)),
-    S("agent_token", _opt_str, None, "pre-generated agent token", ("ipa-agent-token",)),
-    S("global_request_id", _opt_str, None, "X-OpenStack-Request-ID to send",
-      ("ipa-global-request-id",)),
-    S("debug", parse_bool, False, "debug logging", ("ipa-debug",)),
-    S("listen_host", str, "::", "API bind address", ("ipa-listen-host",)),
-    S("listen_port", _port, 9999, "API port", ("ipa-listen-port",)),
-    S("advertise_host", _opt_str, None, "host in callback_url (auto when unset)",
-      ("ipa-advertise-host",)),
-    S("advertise_port", _port, 9999, "port in callback_url", ("ipa-advertise-port",)),
-    S("advertise_protocol", _choice(("http", "https")), "http", "scheme in callback_url",
-      ("ipa-advertise-protocol",)),
-    S("network_interface", _opt_str, None, "take the advertise IP from this NIC",
-      ("ipa-network-interface",)),
-    S("ip_lookup_attempts", _number(int, 1), 6, "attempts to find the advertise IP",
-      ("ipa-ip-lookup-attempts",)),
-    S("ip_lookup_timeout", _number(float, 0), 10.0, "seconds between those attempts",
-      ("ipa-ip-lookup-timeout",)),
-    S("lookup_timeout", _number(float, 0), 600.0, "seconds before lookup gives up",
-      ("ipa-lookup-timeout",)),
-    S("lookup_interval", _number(float, 0), 1.0, "initial lookup backoff, seconds",
-      ("ipa-lookup-interval",)),
-    S("http_request_timeout", _number(float, 0.1), 30.0, "timeout for controller requests",
-      ("ipa-http-request-timeout",)),
-    S("ironic_api_version", _opt_str, None, "pin the controller API microversion",
-      ("ipa-ironic-api-version",)),
-    S("tls_min_version", _choice(("1.2", "1.3")), "1.2", "minimum TLS version served",
-      ("ipa-tls-min-version",)),
-    S("tls_cipher_suites", _opt_str, None, "TLS 1.2 cipher list", ("ipa-tls-cipher-suites",)),
-    S("tls_certificate_curve", _choice(("p256", "p384", "p521")), "p384",
-      "auto-TLS key curve", ("ipa-tls-certificate-curve",)),
-    S("tls_cert_file", _opt_str, None, "static TLS certificate (PEM)"),
-    S("tls_key_file", _opt_str, None, "static TLS key (PEM)"),
-    S("auto_tls", parse_bool, False, "serve HTTPS with a generated self-signed certificate"),
-    S("hardware_initialization_delay", _number(float, 0), 0.0, "sleep before touching hardware",
-      ("ipa-hardware-initialization-delay",)),
-    S("disk_wait_attempts", _number(int, 1), 10, "attempts to wait for a root disk",
-      ("ipa-disk-wait-attempts",)),
-    S("disk_wait_delay", _number(float, 0), 3.0, "seconds between disk waits",
-      ("ipa-disk-wait-delay",)),
-    S("image_download_connection_timeout", _number(float, 0.1), 60.0,
-      "connect and per-read timeout for image downloads",
-      ("ipa-image-download-connection-timeout",)),
-    S("image_download_connection_retries", _number(int, 0), 9, "image download retries",
-      ("ipa-image-download-connection-retries",)),
-    S("image_download_connection_retry_interval", _number(float, 0), 10.0,
-      "seconds between image download retries",
-      ("ipa-image-download-connection-retry-interval",)),
-    S("image_download_max_duration", _number(float, 0), 0.0,
-      "total image download limit, seconds (0 = none)", ("ipa-image-download-max-duration",)),
-    S("ntp_server", _opt_str, None, "NTP server to sync with", ("ipa-ntp-server",), inert=True),
-    S("inspection_callback_url", _opt_str, None, "inspection endpoint",
-      ("ipa-inspection-callback-url",), inert=True),
-    S("ignore_bootloader_failure", parse_bool, False, "tolerate bootloader failures",
-      ("ipa-ignore-bootloader-failure",)),
-    S("inject_files_priority", _number(int, 0), 0, "priority of the inject_files deploy step",
-      ("ipa-inject-files-priority",), inert=True),
-    S("guard_special_filesystems", parse_bool, True,
-      "refuse to erase disks with shared-SAN filesystems", ("ipa-guard-special-filesystems",)),
-    S("enable_discard_erase", parse_bool, False, "allow verified discard as erase",
-      ("ipa-enable-discard-erase",)),
-    S("bootif", _opt_str, None, "PXE boot MAC, reported verbatim", ("BOOTIF",)),
-    S("boot_method", _opt_str, None, "boot method (vmedia)", ("boot_method",), inert=True),
-    S("standalone", parse_bool, False, "run without a controller (no lookup/heartbeat)"),
-    S("ramdisk", _choice(("auto", "true", "false")), "auto",
-      "running in a deploy ramdisk: enables power actions (auto = detect initramfs root)"),
-    S("include_loop_devices", parse_bool, False, "treat loop devices as disks (tests, local use)"),
+def setting(parse: Callable[[Any], Any], default: Any, help: str, cmdline: tuple[str, ...] = (),
+            *, inert: bool = False) -> Any:
+    """A ``Config`` field that is a setting: typed by its annotation, parsed by ``parse``."""
+    meta = {"setting": (parse, help, cmdline, inert)}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Validated settings, one typed attribute each; change them only through ``set``.
+
+    Frozen so that nothing assigns an unparsed value by accident; the
+    controller's lookup overrides are the one legitimate change at run time,
+    and they go through ``set``, which parses and records the source.
+    """
+
+    api_url: list[str] = setting(
+        _api_urls, [], "controller (Ironic API) URLs, tried in order", ("ipa-api-url",))
+    insecure: bool = setting(
+        parse_bool, False, "skip TLS verification for outbound HTTPS", ("ipa-insecure",))
+    agent_token: str | None = setting(
+        _opt_str, None, "pre-generated agent token", ("ipa-agent-token",))
+    global_request_id: str | None = setting(
+        _opt_str, None, "X-OpenStack-Request-ID to send", ("ipa-global-request-id",))
+    debug: bool = setting(parse_bool, False, "debug logging", ("ipa-debug",))
+    listen_host: str = setting(str, "::", "API bind address", ("ipa-listen-host",))
+    listen_port: int = setting(_port, 9999, "API port", ("ipa-listen-port",))
+    advertise_host: str | None = setting(
+        _opt_str, None, "host in callback_url (auto when unset)", ("ipa-advertise-host",))
+    advertise_port: int = setting(_port, 9999, "port in callback_url", ("ipa-advertise-port",))
+    advertise_protocol: str = setting(
+        _choice(("http", "https")), "http", "scheme in callback_url", ("ipa-advertise-protocol",))
+    network_interface: str | None = setting(
+        _opt_str, None, "take the advertise IP from this NIC", ("ipa-network-interface",))
+    ip_lookup_attempts: int = setting(
+        _number(int, 1), 6, "attempts to find the advertise IP", ("ipa-ip-lookup-attempts",))
+    ip_lookup_timeout: float = setting(
+        _number(float, 0), 10.0, "seconds between those attempts", ("ipa-ip-lookup-timeout",))
+    lookup_timeout: float = setting(
+        _number(float, 0), 600.0, "seconds before lookup gives up", ("ipa-lookup-timeout",))
+    lookup_interval: float = setting(
+        _number(float, 0), 1.0, "initial lookup backoff, seconds", ("ipa-lookup-interval",))
+    http_request_timeout: float = setting(
+        _number(float, 0.1), 30.0, "timeout for controller requests", ("ipa-http-request-timeout",))
+    ironic_api_version: str | None = setting(
+        _opt_str, None, "pin the controller API microversion", ("ipa-ironic-api-version",))
+    tls_min_version: str = setting(
+        _choice(("1.2", "1.3")), "1.2", "minimum TLS version served", ("ipa-tls-min-version",))
+    tls_cipher_suites: str | None = setting(
+        _opt_str, None, "TLS 1.2 cipher list", ("ipa-tls-cipher-suites",))
+    tls_certificate_curve: str = setting(
+        _choice(("p256", "p384", "p521")), "p384", "auto-TLS key curve",
+        ("ipa-tls-certificate-curve",))
+    tls_cert_file: str | None = setting(_opt_str, None, "static TLS certificate (PEM)")
+    tls_key_file: str | None = setting(_opt_str, None, "static TLS key (PEM)")
+    auto_tls: bool = setting(
+        parse_bool, False, "serve HTTPS with a generated self-signed certificate")
+    hardware_initialization_delay: float = setting(
+        _number(float, 0), 0.0, "sleep before touching hardware",
+        ("ipa-hardware-initialization-delay",))
+    disk_wait_attempts: int = setting(
+        _number(int, 1), 10, "attempts to wait for a root disk", ("ipa-disk-wait-attempts",))
+    disk_wait_delay: float = setting(
+        _number(float, 0), 3.0, "seconds between disk waits", ("ipa-disk-wait-delay",))
+    image_download_connection_timeout: float = setting(
+        _number(float, 0.1), 60.0, "connect and per-read timeout for image downloads",
+        ("ipa-image-download-connection-timeout",))
+    image_download_connection_retries: int = setting(
+        _number(int, 0), 9, "image download retries", ("ipa-image-download-connection-retries",))
+    image_download_connection_retry_interval: float = setting(
+        _number(float, 0), 10.0, "seconds between image download retries",
+        ("ipa-image-download-connection-retry-interval",))
+    image_download_max_duration: float = setting(
+        _number(float, 0), 0.0, "total image download limit, seconds (0 = none)",
+        ("ipa-image-download-max-duration",))
+    ntp_server: str | None = setting(
+        _opt_str, None, "NTP server to sync with", ("ipa-ntp-server",), inert=True)
+    inspection_callback_url: str | None = setting(
+        _opt_str, None, "inspection endpoint", ("ipa-inspection-callback-url",), inert=True)
+    ignore_bootloader_failure: bool = setting(
+        parse_bool, False, "tolerate bootloader failures", ("ipa-ignore-bootloader-failure",))
+    inject_files_priority: int = setting(
+        _number(int, 0), 0, "priority of the inject_files deploy step",
+        ("ipa-inject-files-priority",), inert=True)
+    guard_special_filesystems: bool = setting(
+        parse_bool, True, "refuse to erase disks with shared-SAN filesystems",
+        ("ipa-guard-special-filesystems",))
+    enable_discard_erase: bool = setting(
+        parse_bool, False, "allow verified discard as erase", ("ipa-enable-discard-erase",))
+    bootif: str | None = setting(_opt_str, None, "PXE boot MAC, reported verbatim", ("BOOTIF",))
+    boot_method: str | None = setting(
+        _opt_str, None, "boot method (vmedia)", ("boot_method",), inert=True)
+    standalone: bool = setting(parse_bool, False, "run without a controller (no lookup/heartbeat)")
+    ramdisk: str = setting(
+        _choice(("auto", "true", "false")), "auto",
+        "running in a deploy ramdisk: enables power actions (auto = detect initramfs root)")
     # a config drive is at most 64 MiB of gzip: 89,478,488 bytes of base64,
     # 91.8 MB if wrapped in escaped newlines every 76; plus 1 MiB for the rest
-    S("max_request_bytes", _number(int, 1024), 90 * 1024 * 1024,
-      "largest accepted request body"),
-    S("max_results", _number(int, 10), 1000, "finished command results kept"),
-    S("log_file", _opt_str, None, "also write the agent log here"),
-    S("log_cap_bytes", _number(int, 1024), 20 * 1024 * 1024, "cap on collected system logs"),
-    S("md5_enabled", parse_bool, False, "accept MD5 checksums (lookup config may enable)"),
-    S("permitted_image_formats", _list, ["raw", "gpt", "qcow2", "iso"],
-      "formats an image may be detected as"),
-    S("disable_deep_image_inspection", parse_bool, False, "skip image format inspection"),
-    S("enable_bios_bootloader_install", parse_bool, False,
-      "permit running the image's grub-install (CVE-2026-43003)"),
-    S("image_direct_io", parse_bool, True,
-      "write images with O_DIRECT (measured faster; see bench/stream.py)"),
-    S("image_zero_skip", parse_bool, True,
-      "turn zero runs into no-fallback zero-out (punch hole) instead of writing them"),
-    S("heartbeat_timeout", _number(float, 1), 300.0, "base of the heartbeat interval"),
-    S("skip_bmc_detect", parse_bool, False, "do not probe the BMC"),
-    S("exit_on_stop", parse_bool, False,
-      "exit after lockdown instead of idling (tests; a ramdisk must not restart the agent)"),
-)
-BY_NAME = {s.name: s for s in SETTINGS}
-BY_CMDLINE = {key: s for s in SETTINGS for key in s.cmdline}
-ENV_PREFIX = "DEPLOY_AGENT_"
+    include_loop_devices: bool = setting(
+        parse_bool, False, "treat loop devices as disks (tests, local use)")
+    max_request_bytes: int = setting(
+        _number(int, 1024), 90 * 1024 * 1024, "largest accepted request body")
+    max_results: int = setting(_number(int, 10), 1000, "finished command results kept")
+    log_file: str | None = setting(_opt_str, None, "also write the agent log here")
+    log_cap_bytes: int = setting(
+        _number(int, 1024), 20 * 1024 * 1024, "cap on collected system logs")
+    md5_enabled: bool = setting(
+        parse_bool, False, "accept MD5 checksums (lookup config may enable)")
+    permitted_image_formats: list[str] = setting(
+        _list, ["raw", "gpt", "qcow2", "iso"], "formats an image may be detected as")
+    disable_deep_image_inspection: bool = setting(parse_bool, False, "skip image format inspection")
+    enable_bios_bootloader_install: bool = setting(
+        parse_bool, False, "permit running the image's grub-install (CVE-2026-43003)")
+    image_direct_io: bool = setting(
+        parse_bool, True, "write images with O_DIRECT (measured faster; see bench/stream.py)")
+    image_zero_skip: bool = setting(
+        parse_bool, True,
+        "turn zero runs into no-fallback zero-out (punch hole) instead of writing them")
+    heartbeat_timeout: float = setting(_number(float, 1), 300.0, "base of the heartbeat interval")
+    skip_bmc_detect: bool = setting(parse_bool, False, "do not probe the BMC")
+    exit_on_stop: bool = setting(
+        parse_bool, False,
+        "exit after lockdown instead of idling (tests; a ramdisk must not restart the agent)")
 
-
-@dataclasses.dataclass
-class Config:
-    """Validated settings; attribute names are the ``SETTINGS`` names."""
-
-    values: dict[str, Any]
-    sources: dict[str, str]
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    # where each value came from: default, cmdline, file, env, flag or controller
+    sources: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     def set(self, name: str, value: Any, source: str = "runtime") -> None:
-        """Validate and set one value (used for controller overrides)."""
-        self.values[name] = _parse(BY_NAME[name], value, source)
+        """Parse and set one value (the controller's lookup overrides)."""
+        object.__setattr__(self, name, _parse(BY_NAME[name], value, source))
         self.sources[name] = source
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.values)
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
 
     def inert_settings_given(self) -> list[str]:
         """Settings a source gave a value that no code acts on yet (see ``Setting.inert``)."""
         return [s.name for s in SETTINGS if s.inert and self.sources[s.name] != "default"]
+
+
+def _settings() -> tuple[Setting, ...]:
+    found = []
+    for f in dataclasses.fields(Config):
+        if "setting" not in f.metadata:
+            continue
+        parse, help_text, cmdline, inert = f.metadata["setting"]
+        factory = f.default_factory
+        default = f.default if factory is dataclasses.MISSING else factory()
+        found.append(Setting(f.name, parse, default, help_text, cmdline, inert))
+    return tuple(found)
+
+
+SETTINGS = _settings()
+BY_NAME = {s.name: s for s in SETTINGS}
+BY_CMDLINE = {key: s for s in SETTINGS for key in s.cmdline}
+ENV_PREFIX = "DEPLOY_AGENT_"
 
 
 def _parse(setting: Setting, value: Any, source: str) -> Any:
@@ -295,7 +334,7 @@ def load(*, cmdline: str | None = None, cmdline_file: str | None = None,
 
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         raise ConfigError("tls_cert_file and tls_key_file must be given together")
-    return Config(values, sources)
+    return Config(**values, sources=sources)
 
 
 def _copy(value: Any) -> Any:

@@ -35,7 +35,7 @@ class Runtime:
         self.app: Flask = api.create_app(self.state, self.runner)
         self.server: AgentServer | None = None
         self.cert_pem: str | None = None
-        # set by agent.controller.run_with_controller when a controller drives us
+        # set by agent.ironic.session.run_with_controller when a controller drives us
         self.controller: Any = None
 
     def tls_files(self, advertise_ip: str | None) -> tuple[str | None, str | None, bool]:

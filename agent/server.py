@@ -21,10 +21,13 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from cheroot import errors as cherrors
 from cheroot import server as chserver
 from cheroot import wsgi
+from cheroot.makefile import MakeFile
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cheroot.workers import threadpool
 from flask import Flask
@@ -35,7 +38,7 @@ from agent.api import PEER_CLOSED
 LOG = logging.getLogger(__name__)
 
 HEAD_TIMEOUT = 10.0         # TLS handshake + request line + headers, in total
-IO_TIMEOUT = 30.0           # any single read or write; also idle keep-alive expiry
+IO_TIMEOUT = 30             # any single read or write; also idle keep-alive expiry
 BODY_MIN_RATE = 64 * 1024   # bytes/s a body must keep up, after HEAD_TIMEOUT of grace
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 1024
@@ -207,14 +210,14 @@ class _Request(chserver.HTTPRequest):
         try:
             self.conn.wfile.write(head.encode("latin-1") + body)
         except OSError as exc:
-            if exc.args[0] not in chserver.errors.socket_errors_to_ignore:
+            if exc.args[0] not in cherrors.socket_errors_to_ignore:
                 raise
 
 
 class _Connection(chserver.HTTPConnection):
     RequestHandlerClass = _Request
 
-    def __init__(self, server: Any, sock: Any, makefile: Any = chserver.MakeFile) -> None:
+    def __init__(self, server: Any, sock: Any, makefile: Any = MakeFile) -> None:
         super().__init__(server, _DeadlineSocket(sock), makefile)
         self.handshaken = not isinstance(sock, ssl.SSLSocket)
 
@@ -253,6 +256,11 @@ class _LazyTLSAdapter(BuiltinSSLAdapter):
 
 
 class _ElasticPool(threadpool.ThreadPool):
+    # internals the code below uses and cheroot's type stubs leave out
+    _queue: Any
+    _threads: list[Any]
+    _spawn_worker: Callable[[], Any]
+
     def put(self, obj: Any) -> None:
         super().put(obj)
         # grow without cheroot's grow(), which sleeps 0.1 s per thread in the selector loop
@@ -263,7 +271,8 @@ class _ElasticPool(threadpool.ThreadPool):
 
 
 class _Gateway(wsgi.Gateway_10):
-    def get_environ(self) -> dict[str, Any]:
+    # cheroot's stub declares get_environ as returning None; it returns the environ
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         env = super().get_environ()
         sock = self.req.conn.socket
         env[PEER_CLOSED] = lambda: peer_closed(sock)
@@ -272,6 +281,7 @@ class _Gateway(wsgi.Gateway_10):
 
 class _Server(wsgi.Server):
     ConnectionClass = _Connection
+    _connections: Any           # cheroot's ConnectionManager; its stubs leave it out
 
     def process_conn(self, conn: Any) -> None:
         # a new connection waits in the selector, not in a worker, until it

@@ -81,7 +81,7 @@ def digest(path: str) -> str:
 
 
 def agent_run(url: str, name: str, dev: str, checksum: str, env: dict[str, str]) -> dict:
-    from agent.client import AgentClient
+    from agent.driver.client import AgentClient
     with agent_process(env) as (proc, agent_url):
         client = AgentClient(agent_url)
         cpu0 = cpu_seconds(proc.pid)

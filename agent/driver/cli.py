@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--agent", help="agent URL, e.g. https://10.0.0.15:9999")
     where.add_argument("--controller",
-                       help="fake controller URL: wait for the node's first heartbeat and use "
+                       help="stand-in controller URL: wait for the node's first heartbeat and use "
                             "its agent URL, token and pinned certificate")
     p.add_argument("--node", help="node UUID (required with --controller)")
     p.add_argument("--token", help="agent token (with --agent)")
@@ -78,8 +78,9 @@ def _run(args: argparse.Namespace, printer: Callable[[dict[str, Any]], None] | A
          ca_dir: str) -> int:
     import requests  # only this command needs it; `serve` must stay lean
 
-    from agent import conductor, deploy_request
-    from agent.client import AgentAPIError
+    from agent.driver import conductor
+    from agent.driver import request as deploy_request
+    from agent.driver.client import AgentAPIError
 
     def on_event(kind: str, data: Any) -> None:
         if kind == "progress":

@@ -5,7 +5,7 @@ It calls the agent exactly as the conductor does (reference §3, §4.4, §7):
 ``write_image`` step, watched through ``GET /v1/commands/`` looking only at
 the last entry; ``standby.get_partition_uuids``; ``image.install_bootloader``
 when the image and boot mode need it, polled; then ``standby.sync`` and
-``standby.power_off``.  It finds the agent through the fake controller's
+``standby.power_off``.  It finds the agent through the stand-in controller's
 record of the first heartbeat (URL, token and pinned certificate) or is
 pointed at it directly.  Progress and milestones go to ``on_event``.
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 import requests
 
-from agent.client import AgentAPIError, AgentClient
-from agent.deploy_request import bootloader_needed
+from agent.driver.client import AgentAPIError, AgentClient
+from agent.driver.request import bootloader_needed
 from agent.errors import DeployFailed
 
 Event = Callable[[str, Any], None]
@@ -56,13 +56,13 @@ def endpoint_from_controller(controller_url: str, node_uuid: str, *, timeout: fl
                              session: requests.Session | None = None,
                              ca_dir: str | None = None,
                              sleep: Callable[[float], None] = time.sleep) -> AgentEndpoint:
-    """Wait for the node's first accepted heartbeat at the fake controller.
+    """Wait for the node's first accepted heartbeat at the stand-in controller.
 
     The pinned certificate becomes the only trust anchor, as the conductor
     does with ``agent_verify_ca`` (§3.1, §8.6).
     """
     http = session or requests.Session()
-    url = f"{controller_url.rstrip('/')}/fake/nodes/{node_uuid}"
+    url = f"{controller_url.rstrip('/')}/standin/nodes/{node_uuid}"
     deadline = time.monotonic() + timeout
     on_event("message", f"waiting for node {node_uuid} to heartbeat to {controller_url}")
     while True:
@@ -252,7 +252,7 @@ class Conductor:
             version, steps = self.get_steps(plan)
             if step["step"] not in {s.get("step") for s in steps}:
                 raise DeployFailed(f"the agent does not offer deploy step {step['step']}; "
-                                   f"offered: {sorted(s.get('step') for s in steps)}")
+                                   f"offered: {sorted(str(s.get('step')) for s in steps)}")
             self.post("deploy.execute_deploy_step",
                       {"step": step, "node": plan.node, "ports": plan.ports,
                        "deploy_version": version}, wait=False)

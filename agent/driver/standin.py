@@ -4,23 +4,21 @@ It answers ``GET /``, ``GET /v1/lookup`` and ``POST /v1/heartbeat/<uuid>``
 the way Ironic 39 does (reference §8): microversion negotiation, a one-time
 token that is masked on later lookups, token checks on heartbeats, and the
 callback URL and certificate pinned at the first heartbeat.  It also serves
-``GET /fake/nodes/<uuid>``, which hands a conductor-like driver what Ironic
+``GET /standin/nodes/<uuid>``, which hands a conductor-like driver what Ironic
 keeps in its database (agent URL, token, pinned certificate), and
-``POST /fake/nodes/<uuid>/reset``, which forgets them the way Ironic does
+``POST /standin/nodes/<uuid>/reset``, which forgets them the way Ironic does
 at power off.  Every request is recorded for tests.
 
-Run it: ``python -m agent.testing.fake_controller --port 6385 --node-json node.json``.
+Run it: ``deploy-agent standin --port 6385 --node-json node.json``.
 It listens on 127.0.0.1 unless told otherwise, because it hands out tokens.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 import urllib.parse
@@ -63,7 +61,7 @@ def _mask(value: Any) -> Any:
 
 
 @dataclasses.dataclass
-class FakeNode:
+class StandinNode:
     uuid: str
     macs: list[str] | None = None           # None: any valid MAC matches
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -94,13 +92,13 @@ class FakeNode:
                          "driver_internal_info": self.driver_internal_info}}
 
 
-class FakeController:
+class StandinController:
     def __init__(self, *, version: str = "1.99", config: dict[str, Any] | None = None,
                  require_tls: bool = True, host: str = "127.0.0.1", port: int = 0) -> None:
         self.version = version
         self.config = dict(DEFAULT_CONFIG, **(config or {}))
         self.require_tls = require_tls
-        self.nodes: dict[str, FakeNode] = {}
+        self.nodes: dict[str, StandinNode] = {}
         self.requests: list[dict[str, Any]] = []
         # scripted answers, consumed one per request before normal handling
         self.lookup_statuses: list[int] = []
@@ -113,9 +111,9 @@ class FakeController:
     # -- setup ---------------------------------------------------------------------
     def add_node(self, node: dict[str, Any] | None = None, *, macs: list[str] | None = None,
                  provision_state: str = "wait call-back", token: str | None = None
-                 ) -> FakeNode:
+                 ) -> StandinNode:
         node = dict(node or {})
-        fake = FakeNode(uuid=node.get("uuid") or str(uuid_mod.uuid4()),
+        entry = StandinNode(uuid=node.get("uuid") or str(uuid_mod.uuid4()),
                         macs=[m.lower() for m in macs] if macs is not None else None,
                         properties=node.get("properties") or {},
                         instance_info=node.get("instance_info") or {},
@@ -123,18 +121,18 @@ class FakeController:
                         provision_state=provision_state, token=token,
                         token_pregenerated=token is not None)
         with self.cond:
-            self.nodes[fake.uuid] = fake
-        return fake
+            self.nodes[entry.uuid] = entry
+        return entry
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
-    def start(self) -> FakeController:
+    def start(self) -> StandinController:
         # a short poll interval keeps stop() quick; tests start many of these
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True, name="fake-controller")
+                                        daemon=True, name="standin-controller")
         self._thread.start()
         return self
 
@@ -167,7 +165,7 @@ class FakeController:
                     return value
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError("fake controller: condition not met in "
+                    raise TimeoutError("stand-in controller: condition not met in "
                                        f"{timeout:.0f}s; requests so far: "
                                        f"{[(r['kind'], r['status']) for r in self.requests]}")
                 self.cond.wait(min(remaining, 0.5))
@@ -218,15 +216,15 @@ class FakeController:
         return wanted
 
     def _build_app(self) -> Flask:
-        app = Flask("fake_controller")
+        app = Flask("standin")
 
         @app.get("/")
         def root() -> Response:
             v1 = {"id": "v1", "status": "CURRENT", "min_version": "1.1",
                   "version": self.version,
                   "links": [{"href": f"{request.host_url}v1/", "rel": "self"}]}
-            return self._ok("root", 200, {"name": "OpenStack Ironic API (fake)",
-                                          "description": "deploy-agent's fake controller",
+            return self._ok("root", 200, {"name": "OpenStack Ironic API (deploy-agent stand-in)",
+                                          "description": "deploy-agent's stand-in controller",
                                           "versions": [v1], "default_version": v1})
 
         @app.get("/v1/lookup")
@@ -237,21 +235,21 @@ class FakeController:
         def heartbeat(node_uuid: str) -> Response:
             return self._heartbeat(node_uuid)
 
-        @app.get("/fake/nodes/<node_uuid>")
+        @app.get("/standin/nodes/<node_uuid>")
         def node_info(node_uuid: str) -> Response:
             with self.cond:
                 node = self.nodes.get(node_uuid)
                 info = node.agent_info() if node else None
             if info is None:
-                return self._error("fake", 404, f"Node {node_uuid} could not be found.")
-            return self._ok("fake", 200, info)
+                return self._error("standin", 404, f"Node {node_uuid} could not be found.")
+            return self._ok("standin", 200, info)
 
-        @app.post("/fake/nodes/<node_uuid>/reset")
+        @app.post("/standin/nodes/<node_uuid>/reset")
         def node_reset(node_uuid: str) -> Response:
             if node_uuid not in self.nodes:
-                return self._error("fake", 404, f"Node {node_uuid} could not be found.")
+                return self._error("standin", 404, f"Node {node_uuid} could not be found.")
             self.reset_agent(node_uuid)
-            return self._ok("fake", 200, {"reset": node_uuid})
+            return self._ok("standin", 200, {"reset": node_uuid})
 
         return app
 
@@ -345,63 +343,3 @@ class FakeController:
         if error:
             return self._error("heartbeat", *error)
         return self._ok("heartbeat", 202, None)
-
-
-def _load_spec(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise SystemExit(f"{path}: expected a JSON object")
-    # either {"node": {...}, "macs": [...], ...} or the node object itself
-    return data if "node" in data else {"node": data}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m agent.testing.fake_controller",
-        description="Serve Ironic's lookup and heartbeat endpoints for one or more nodes.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=6385)
-    parser.add_argument("--node-json", action="append", required=True,
-                        help='node file: the node object, or {"node": {...}, "macs": [...], '
-                             '"config": {...}, "provision_state": "...", "token": "..."}')
-    parser.add_argument("--api-version", default="1.99")
-    parser.add_argument("--config-json", help="lookup config overrides (a JSON object file)")
-    parser.add_argument("--allow-http", action="store_true",
-                        help="accept plain-HTTP callback URLs ([agent]require_tls = False)")
-    args = parser.parse_args(argv)
-    config: dict[str, Any] = {}
-    if args.config_json:
-        with open(args.config_json, encoding="utf-8") as f:
-            config = json.load(f)
-    controller = FakeController(version=args.api_version, require_tls=not args.allow_http,
-                                host=args.host, port=args.port)
-    for path in args.node_json:
-        spec = _load_spec(path)
-        controller.config.update(spec.get("config") or {})
-        node = controller.add_node(spec["node"], macs=spec.get("macs"),
-                                   provision_state=spec.get("provision_state",
-                                                            "wait call-back"),
-                                   token=spec.get("token"))
-        print(f"node {node.uuid}: macs {node.macs or 'any'}", flush=True)
-    controller.config.update(config)
-    controller.start()
-    print(f"fake controller listening on {controller.url}; agents boot with "
-          f"ipa-api-url={controller.url}", flush=True)
-    seen: dict[str, int] = {}
-    try:
-        while True:
-            time.sleep(1)
-            for node in list(controller.nodes.values()):
-                if node.heartbeats != seen.get(node.uuid, 0):
-                    if not seen.get(node.uuid):
-                        print(f"node {node.uuid}: agent at {node.agent_url} "
-                              f"(version {node.agent_version})", flush=True)
-                    seen[node.uuid] = node.heartbeats
-    except KeyboardInterrupt:
-        controller.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from importlib import metadata
-from typing import Any, ClassVar
+from typing import ClassVar
 
+from agent.config import Config
 from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ class Extension:
         self.state = state
 
     @property
-    def config(self) -> Any:
+    def config(self) -> Config:
         return self.state.config
 
 

@@ -21,7 +21,7 @@ from agent.commands import CommandContext, command
 from agent.config import parse_bool
 from agent.errors import InvalidCommandParamsError, ToolMissing
 from agent.extensions import Extension
-from agent.extensions.standby import refuse_unless_ramdisk
+from agent.hardware.power import refuse_unless_ramdisk
 
 LOG = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class RescueExtension(Extension):
 
     @command(validator=validate_finalize)
     def finalize_rescue(self, ctx: CommandContext, password_hash: str) -> None:
-        refuse_unless_ramdisk(self, "rescue.finalize_rescue")
+        refuse_unless_ramdisk(self.config, "rescue.finalize_rescue")
         created = install_rescue_user(self.root, password_hash)
         LOG.warning("rescue: password set%s; stopping the API and heartbeats for this boot, "
                     "the network stays up", " for user " + USER if created else "")

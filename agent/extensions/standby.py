@@ -5,29 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent import power
 from agent.commands import CommandContext, command
 from agent.config import parse_bool
-from agent.errors import InvalidCommandParamsError, PowerActionRefused
+from agent.errors import InvalidCommandParamsError
 from agent.extensions import Extension
+from agent.hardware import power
 
 LOG = logging.getLogger(__name__)
-
-
-def refuse_unless_ramdisk(ext: Extension, action: str) -> None:
-    """Power actions act only inside a deploy ramdisk, never on a laptop or CI host."""
-    if ext.state.power_actions_allowed:
-        return
-    cfg = ext.config
-    if cfg.ramdisk == "false":
-        where = {"flag": "--ramdisk false", "env": "DEPLOY_AGENT_RAMDISK=false",
-                 "file": "the config file"}.get(cfg.sources.get("ramdisk", ""), "configuration")
-        why = f"ramdisk is set to false by {where}"
-    else:
-        why = "the root filesystem is not an initramfs and the ramdisk setting is not true"
-    raise PowerActionRefused(
-        f"{action} refused: deploy-agent is not running from a deploy ramdisk ({why}); "
-        "this machine was left running and nothing was touched")
 
 
 def _flag(params: dict[str, Any], name: str) -> bool:
@@ -91,10 +75,10 @@ class StandbyExtension(Extension):
 
     @command(is_async=True)
     def power_off(self, ctx: CommandContext) -> None:
-        refuse_unless_ramdisk(self, "standby.power_off")
+        power.refuse_unless_ramdisk(self.config, "standby.power_off")
         power.shutdown(reboot=False)
 
     @command(is_async=True)
     def run_image(self, ctx: CommandContext) -> None:
-        refuse_unless_ramdisk(self, "standby.run_image")
+        power.refuse_unless_ramdisk(self.config, "standby.run_image")
         power.shutdown(reboot=True)

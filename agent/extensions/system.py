@@ -10,7 +10,7 @@ from agent import tools
 from agent.commands import CommandContext, command
 from agent.errors import AgentError
 from agent.extensions import Extension
-from agent.extensions.standby import refuse_unless_ramdisk
+from agent.hardware.power import refuse_unless_ramdisk
 
 LOG = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class SystemExtension(Extension):
 
     @command()
     def lockdown(self, ctx: CommandContext) -> None:
-        refuse_unless_ramdisk(self, "system.lockdown")
+        refuse_unless_ramdisk(self.config, "system.lockdown")
 
         def later() -> None:
             # let the SUCCEEDED response reach the conductor before going dark

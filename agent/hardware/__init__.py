@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
+from agent.context import CommandContext
 from agent.errors import DeviceNotFound
+from agent.hardware.disks import Disk
+from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
 
 
-def find_install_disk(state: Any, ctx: Any = None) -> tuple[Any, str]:
+def find_install_disk(state: AgentState, ctx: CommandContext | None = None
+                      ) -> tuple[Disk, str]:
     """(Disk, reason) for the cached node; raise DeviceNotFound after the disk wait."""
     from agent.hardware import hints, managers
 
@@ -24,8 +27,8 @@ def find_install_disk(state: Any, ctx: Any = None) -> tuple[Any, str]:
     # bad hints never get better by waiting: fail before the first attempt
     hints.parse_hints(hints.hints_from_node(node))
     hints.parse_skip_list(hints.skip_list_from_node(node))
-    attempts = max(1, int(state.config.disk_wait_attempts))
-    delay = float(state.config.disk_wait_delay)
+    attempts = max(1, state.config.disk_wait_attempts)
+    delay = state.config.disk_wait_delay
     last: DeviceNotFound | None = None
     for attempt in range(1, attempts + 1):
         try:
@@ -38,10 +41,9 @@ def find_install_disk(state: Any, ctx: Any = None) -> tuple[Any, str]:
         if attempt < attempts:
             LOG.info("no install disk yet (attempt %d of %d): %s; waiting %.1fs", attempt,
                      attempts, last.details, delay)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline:
-                if ctx is not None:
-                    ctx.check_cancelled()
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            if ctx is not None:
+                ctx.sleep(delay)
+            else:
+                time.sleep(delay)
     assert last is not None
     raise last

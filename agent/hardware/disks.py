@@ -198,7 +198,7 @@ def compute_by_path(root: str, full: str, kname: str, hctl: str | None) -> str |
 def _by_path_links(root: str) -> dict[str, str]:
     """Existing /dev/disk/by-path links (when udev made them), target → link."""
     directory = sysfs.path(root, "/dev/disk/by-path")
-    links = {}
+    links: dict[str, str] = {}
     for entry in sysfs.listdir(directory):
         target = os.path.basename(os.path.realpath(os.path.join(directory, entry)))
         links.setdefault(target, "/dev/disk/by-path/" + entry)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.context import CommandContext
 from agent.errors import Cancelled, CleaningError, DeviceNotFound, UnsafeDevice
 from agent.hardware import erase_ata, erase_nvme, erase_overwrite, hints
 from agent.hardware.disks import Disk
@@ -23,19 +24,6 @@ from agent.hardware.erase_guards import UsageSnapshot, refusal_reasons
 from agent.hardware.erase_metadata import erase_metadata
 
 LOG = logging.getLogger(__name__)
-
-
-class _NoContext:
-    """Stand-in when a step runs outside the command runner (tests, CLI)."""
-
-    class _Progress:
-        def update(self, **_: Any) -> None:
-            pass
-
-    progress = _Progress()
-
-    def check_cancelled(self) -> None:
-        pass
 
 
 def plan(disks: Sequence[Disk], node: Any, options: EraseOptions, *,
@@ -73,8 +61,9 @@ def plan(disks: Sequence[Disk], node: Any, options: EraseOptions, *,
 
 
 def erase_devices_metadata(disks: Sequence[Disk], node: Any, options: EraseOptions,
-                           ctx: Any = None, *, guard_shared: bool = True) -> dict[str, Any]:
-    ctx = ctx or _NoContext()
+                           ctx: CommandContext | None = None, *,
+                           guard_shared: bool = True) -> dict[str, Any]:
+    ctx = ctx or CommandContext("local", "erase")
     targets, skipped = plan(disks, node, options, guard_shared=guard_shared)
     erased: dict[str, str] = {}
     ctx.progress.update(phase="erase_devices_metadata", done=0, total=len(targets),
@@ -87,9 +76,10 @@ def erase_devices_metadata(disks: Sequence[Disk], node: Any, options: EraseOptio
 
 
 def erase_devices_express(disks: Sequence[Disk], node: Any, options: EraseOptions,
-                          ctx: Any = None, *, guard_shared: bool = True) -> dict[str, Any]:
+                          ctx: CommandContext | None = None, *,
+                          guard_shared: bool = True) -> dict[str, Any]:
     """NVMe format where it applies, a metadata wipe everywhere else (fast)."""
-    ctx = ctx or _NoContext()
+    ctx = ctx or CommandContext("local", "erase")
     targets, skipped = plan(disks, node, options, guard_shared=guard_shared)
     names = [d.name for d in targets]
     erased: dict[str, str] = {}
@@ -111,7 +101,7 @@ def erase_devices_express(disks: Sequence[Disk], node: Any, options: EraseOption
 class _ByteProgress:
     """Per-disk fractions summed into one byte count for the command's progress."""
 
-    def __init__(self, ctx: Any, targets: Sequence[Disk]) -> None:
+    def __init__(self, ctx: CommandContext, targets: Sequence[Disk]) -> None:
         self._ctx = ctx
         self._lock = threading.Lock()
         self._sizes = {d.name: d.size for d in targets}
@@ -174,9 +164,10 @@ def erase_one(disk: Disk, options: EraseOptions, erasing: Sequence[str],
                             f"{'; '.join(failures)}") from None
 
 
-def erase_devices(disks: Sequence[Disk], node: Any, options: EraseOptions, ctx: Any = None,
-                  *, guard_shared: bool = True) -> dict[str, Any]:
-    ctx = ctx or _NoContext()
+def erase_devices(disks: Sequence[Disk], node: Any, options: EraseOptions,
+                  ctx: CommandContext | None = None, *,
+                  guard_shared: bool = True) -> dict[str, Any]:
+    ctx = ctx or CommandContext("local", "erase")
     targets, skipped = plan(disks, node, options, guard_shared=guard_shared)
     progress = _ByteProgress(ctx, targets)
     names = [d.name for d in targets]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agent.context import CommandContext
 from agent.hardware import disks, erase, hints, managers
-from agent.hardware.erase_base import options_from_node
+from agent.hardware.erase_base import EraseOptions, options_from_node
 
 LOG = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class GenericHardwareManager(managers.HardwareManager):
 
     # -- discovery ------------------------------------------------------------------
     def list_block_devices(self) -> list[disks.Disk]:
-        return disks.list_disks(include_loop=bool(self.config.include_loop_devices))
+        return disks.list_disks(include_loop=self.config.include_loop_devices)
 
     def list_hardware_info(self) -> dict[str, Any]:
         from agent.hardware import inventory  # only inspection needs it; deploys stay lean
@@ -56,23 +57,26 @@ class GenericHardwareManager(managers.HardwareManager):
     def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         return []
 
-    def _options(self, node: Any) -> Any:
-        return options_from_node(node, discard=bool(self.config.enable_discard_erase))
+    def _options(self, node: Any) -> EraseOptions:
+        return options_from_node(node, discard=self.config.enable_discard_erase)
 
-    def erase_devices_metadata(self, node: Any, ports: Any, ctx: Any = None) -> dict[str, Any]:
+    def erase_devices_metadata(self, node: Any, ports: Any,
+                               ctx: CommandContext | None = None) -> dict[str, Any]:
         options = self._options(node)
         return erase.erase_devices_metadata(
             managers.list_disks(self.state), node, options, ctx,
-            guard_shared=bool(self.config.guard_special_filesystems))
+            guard_shared=self.config.guard_special_filesystems)
 
-    def erase_devices(self, node: Any, ports: Any, ctx: Any = None) -> dict[str, Any]:
+    def erase_devices(self, node: Any, ports: Any,
+                      ctx: CommandContext | None = None) -> dict[str, Any]:
         options = self._options(node)
         return erase.erase_devices(
             managers.list_disks(self.state), node, options, ctx,
-            guard_shared=bool(self.config.guard_special_filesystems))
+            guard_shared=self.config.guard_special_filesystems)
 
-    def erase_devices_express(self, node: Any, ports: Any, ctx: Any = None) -> dict[str, Any]:
+    def erase_devices_express(self, node: Any, ports: Any,
+                              ctx: CommandContext | None = None) -> dict[str, Any]:
         options = self._options(node)
         return erase.erase_devices_express(
             managers.list_disks(self.state), node, options, ctx,
-            guard_shared=bool(self.config.guard_special_filesystems))
+            guard_shared=self.config.guard_special_filesystems)

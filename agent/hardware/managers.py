@@ -5,8 +5,9 @@ entry-point group.  Each reports a support level for this machine; managers
 that report none are dropped and the rest are ordered most specific first.
 ``dispatch`` calls the first manager that implements a method, so a vendor
 manager can override one thing and leave the rest to the generic one;
-``dispatch_all`` asks every manager (steps, versions).  Every manager may
-also narrow the disk list through ``filter_devices``.
+``dispatch_all`` asks every manager that implements a method and collects the
+answers by manager name.  Every manager may also narrow the disk list through
+``filter_devices``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, ClassVar
 
+from agent.config import Config
 from agent.errors import IncompatibleHardwareMethodError
+from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
 GROUP = "deploy_agent.hardware_managers"
@@ -46,12 +49,13 @@ class HardwareManager:
     NAME: ClassVar[str] = ""
     VERSION: ClassVar[str] = "1.0"
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: AgentState) -> None:
         self.state = state
-        self.support_level = SupportLevel.NONE
+        # an int, not only SupportLevel: plugins may rank themselves above the named levels
+        self.support_level: int = SupportLevel.NONE
 
     @property
-    def config(self) -> Any:
+    def config(self) -> Config:
         return self.state.config
 
     @property
@@ -60,13 +64,6 @@ class HardwareManager:
 
     def evaluate_hardware_support(self) -> int:
         return SupportLevel.NONE
-
-
-def _builtin_classes() -> list[type[HardwareManager]]:
-    # the generic manager must exist even when the package is not installed
-    # (a source checkout has no entry points)
-    from agent.hardware.generic import GenericHardwareManager
-    return [GenericHardwareManager]
 
 
 def _discover() -> list[type[HardwareManager]]:
@@ -83,13 +80,14 @@ def _discover() -> list[type[HardwareManager]]:
             continue
         if cls not in classes:
             classes.append(cls)
-    for cls in _builtin_classes():
-        if cls not in classes:
-            classes.append(cls)
+    if not classes:
+        # the generic manager comes through the same entry points as any plugin
+        LOG.error("no hardware manager is registered under %s: is the package installed?",
+                  GROUP)
     return classes
 
 
-def get_managers(state: Any, *, refresh: bool = False) -> list[HardwareManager]:
+def get_managers(state: AgentState, *, refresh: bool = False) -> list[HardwareManager]:
     """Supported managers for this machine, most specific first (cached on ``state``)."""
     with state.lock:
         cached = state.hardware_managers
@@ -122,7 +120,7 @@ def _method(manager: HardwareManager, name: str) -> Callable[..., Any] | None:
     return fn if callable(fn) else None
 
 
-def dispatch(state: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+def dispatch(state: AgentState, method: str, *args: Any, **kwargs: Any) -> Any:
     """Call ``method`` on the first manager that implements it."""
     for manager in get_managers(state):
         fn = _method(manager, method)
@@ -137,7 +135,7 @@ def dispatch(state: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         f"(loaded: {', '.join(m.name for m in get_managers(state)) or 'none'})")
 
 
-def dispatch_all(state: Any, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def dispatch_all(state: AgentState, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """``{manager name: result}`` from every manager implementing ``method``."""
     results = {}
     for manager in get_managers(state):
@@ -151,7 +149,7 @@ def dispatch_all(state: Any, method: str, *args: Any, **kwargs: Any) -> dict[str
     return results
 
 
-def list_disks(state: Any) -> list[Any]:
+def list_disks(state: AgentState) -> list[Any]:
     """The disks every part of the agent sees, after all managers' filters."""
     disks = dispatch(state, "list_block_devices")
     for manager in get_managers(state):
@@ -165,6 +163,6 @@ def list_disks(state: Any) -> list[Any]:
     return disks
 
 
-def versions(state: Any) -> dict[str, str]:
+def versions(state: AgentState) -> dict[str, str]:
     """``hardware_manager_version``: constant for the life of the process."""
     return {m.name: m.VERSION for m in get_managers(state)}

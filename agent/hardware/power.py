@@ -9,11 +9,29 @@ import threading
 import time
 
 from agent import tools
-from agent.errors import AgentError
+from agent.config import Config, is_ramdisk
+from agent.errors import AgentError, PowerActionRefused
 
 LOG = logging.getLogger(__name__)
 BLKFLSBUF = 0x1261
 FALLBACK_AFTER_S = 30.0
+
+
+def refuse_unless_ramdisk(config: Config, action: str, mounts_path: str = "/proc/mounts"
+                          ) -> None:
+    """Power actions act only inside a deploy ramdisk, never on a laptop or CI host."""
+    if is_ramdisk(config, mounts_path):
+        return
+    if config.ramdisk == "false":
+        where = {"flag": "--ramdisk false", "env": "DEPLOY_AGENT_RAMDISK=false",
+                 "file": "the config file"}.get(config.sources.get("ramdisk", ""),
+                                                "configuration")
+        why = f"ramdisk is set to false by {where}"
+    else:
+        why = "the root filesystem is not an initramfs and the ramdisk setting is not true"
+    raise PowerActionRefused(
+        f"{action} refused: deploy-agent is not running from a deploy ramdisk ({why}); "
+        "this machine was left running and nothing was touched")
 
 
 def block_devices(sys_block: str = "/sys/block") -> list[str]:

@@ -76,7 +76,7 @@ def mounts_using(names: list[str], mountinfo: str = "/proc/self/mountinfo") -> l
 
 
 def holders_of(names: list[str]) -> list[str]:
-    held = []
+    held: list[str] = []
     for name in names:
         try:
             entries = os.listdir(f"/sys/class/block/{name}/holders")

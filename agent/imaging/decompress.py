@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import bz2
+import io
 import lzma
 import subprocess
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -130,11 +131,15 @@ class Decompressor:
         self._pending = b""      # compressed bytes not yet fed
         self._eof_input = False
         self.produced = 0
+        # zlib, bz2 and lzma decompress objects, or zstandard's reader: no common type
+        self._obj: Any
         if kind == "zstd":
             self._tracker = ZstdFrameTracker()
             self._tap = _Tap(read, self._tracker)
+            # zstandard only ever calls .read() on its source
+            source = cast(IO[bytes], self._tap)
             self._obj = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-                self._tap, read_size=READ_SIZE, read_across_frames=True)
+                source, read_size=READ_SIZE, read_across_frames=True)
         else:
             self._obj = _new(kind)
 
@@ -264,9 +269,10 @@ class ExternalXz:
 
     def _feed(self) -> None:
         stdin = self._proc.stdin
+        assert stdin is not None        # popen'd with stdin=PIPE
         try:
             while data := self._read(READ_SIZE):
-                        stdin.write(data)
+                stdin.write(data)
         except BrokenPipeError:
             pass  # xz stopped early; its exit status says why
         except BaseException as exc:  # noqa: BLE001 - e.g. the pipeline aborting
@@ -280,7 +286,8 @@ class ExternalXz:
 
     def readinto(self, buf: memoryview) -> int:
         got = 0
-        stdout = self._proc.stdout
+        # popen'd with stdout=PIPE and no text mode: a buffered binary reader
+        stdout = cast(io.BufferedReader, self._proc.stdout)
         while got < len(buf):
             n = stdout.readinto(buf[got:])
             if not n:
@@ -296,7 +303,8 @@ class ExternalXz:
         if self._feed_error is not None:
             raise self._feed_error
         if rc != 0:
-            err = self._proc.stderr.read().decode("utf-8", "replace").strip()
+            stderr = self._proc.stderr
+            err = stderr.read().decode("utf-8", "replace").strip() if stderr else ""
             if "Unexpected end of input" in err:
                 # xz says this both for a cut stream and for bytes after its end
                 raise InvalidImage("xz image is truncated or has trailing garbage: the "

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import struct
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, overload
 
 from agent.errors import InvalidImage
 from agent.imaging.format_headers import (
@@ -94,8 +94,8 @@ def _inspect(r: Reader) -> Inspection:
     size = r.size
     head = r.read(0, HEAD_READ)
     found: list[Found] = []
-    for name, matches, parse in DETECTORS:
-        if matches(head):
+    for name, detects, parse in DETECTORS:
+        if detects(head):
             f = Found(name)
             try:
                 parse(r, head, f)
@@ -131,6 +131,10 @@ def _inspect(r: Reader) -> Inspection:
 
 # --- policy ---------------------------------------------------------------------------
 
+@overload
+def normalise(name: str) -> str: ...
+@overload
+def normalise(name: None) -> None: ...
 def normalise(name: str | None) -> str | None:
     if name is None:
         return None

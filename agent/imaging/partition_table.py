@@ -16,6 +16,7 @@ import stat
 import struct
 import uuid
 import zlib
+from typing import NamedTuple
 
 BLKSSZGET = 0x1268
 
@@ -39,6 +40,23 @@ MBR_MAX_SECTORS = 2 ** 32
 
 _GPT_SIGNATURE = b"EFI PART"
 _GPT_HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")
+
+
+class _GptHeader(NamedTuple):
+    signature: bytes
+    revision: int
+    header_size: int
+    header_crc: int
+    reserved: int
+    my_lba: int
+    alternate_lba: int
+    first_usable_lba: int
+    last_usable_lba: int
+    disk_guid: bytes
+    entries_lba: int
+    entry_count: int
+    entry_size: int
+    entries_crc: int
 _GPT_ENTRY = struct.Struct("<16s16sQQQ72s")
 _MBR_ENTRY = struct.Struct("<B3sB3sII")
 _MAX_ENTRIES = 4096          # far above any real table; bounds reads of corrupt headers
@@ -190,14 +208,15 @@ def _guid(raw: bytes) -> str:
 
 
 def _gpt_copy(src: _Source, lba: int, ss: int, which: str
-              ) -> tuple[tuple | None, list[Partition] | None, list[str]]:
+              ) -> tuple[_GptHeader | None, list[Partition] | None, list[str]]:
     """Parse one GPT copy; return (header fields, partitions, problems)."""
     raw = src.read(lba * ss, ss)
     if len(raw) < _GPT_HEADER.size or raw[:8] != _GPT_SIGNATURE:
         return None, None, [f"{which} GPT header missing at LBA {lba}"]
-    hdr = _GPT_HEADER.unpack_from(raw)
-    (_sig, _rev, hsize, hcrc, _res, my_lba, _alt, _first, _last, _dguid,
-     entries_lba, count, esize, ecrc) = hdr
+    hdr = _GptHeader(*_GPT_HEADER.unpack_from(raw))
+    hsize, hcrc, my_lba = hdr.header_size, hdr.header_crc, hdr.my_lba
+    entries_lba, count, esize, ecrc = (hdr.entries_lba, hdr.entry_count, hdr.entry_size,
+                                       hdr.entries_crc)
     if not 92 <= hsize <= ss:
         return None, None, [f"{which} GPT header has invalid size {hsize}"]
     check = bytearray(raw[:hsize])
@@ -234,16 +253,17 @@ def _read_gpt(src: _Source, table: PartitionTable) -> None:
     table.primary_ok = parts is not None
     # A readable primary header says where the backup is; otherwise the backup
     # is expected on the last sector of the disk.
-    backup_lba = hdr[6] if hdr is not None else table.last_lba
+    backup_lba = hdr.alternate_lba if hdr is not None else table.last_lba
     bhdr, bparts, bproblems = _gpt_copy(src, backup_lba, ss, "backup")
     if bhdr is None and backup_lba != table.last_lba:
         bhdr, bparts, bproblems = _gpt_copy(src, table.last_lba, ss, "backup")
         backup_lba = table.last_lba
     table.problems += bproblems
     table.backup_ok = bparts is not None
-    table.backup_lba = backup_lba if bhdr is not None else (hdr[6] if hdr else None)
+    table.backup_lba = backup_lba if bhdr is not None else (
+        hdr.alternate_lba if hdr else None)
     use, used = (hdr, parts) if parts is not None else (bhdr, bparts)
-    if used is None:
+    if used is None or use is None:
         table.problems.append("no valid GPT copy found")
         other = 4096 if ss == 512 else 512
         if src.read(other, 8) == _GPT_SIGNATURE:
@@ -254,8 +274,8 @@ def _read_gpt(src: _Source, table: PartitionTable) -> None:
         table.problems.append(f"using backup GPT at LBA {backup_lba}")
     elif bparts is not None and parts != bparts:
         table.problems.append("primary and backup GPT entry arrays differ")
-    table.first_usable_lba, table.last_usable_lba = use[7], use[8]
-    table.disk_guid = _guid(use[9])
+    table.first_usable_lba, table.last_usable_lba = use.first_usable_lba, use.last_usable_lba
+    table.disk_guid = _guid(use.disk_guid)
     # Like the kernel, ignore entries that do not fit on the disk.
     table.partitions = [p for p in used if p.first_lba <= p.last_lba <= table.last_lba]
     for p in used:
@@ -299,7 +319,7 @@ def _mbr_part(number: int, start: int, count: int, ptype: int, flag: int, ss: in
 
 def _read_logical(src: _Source, table: PartitionTable, ext_start: int) -> None:
     ss = table.sector_size
-    ebr_lba, number, seen = ext_start, 5, set()
+    ebr_lba, number, seen = ext_start, 5, set[int]()
     while ebr_lba not in seen and len(seen) < _MAX_LOGICAL:
         seen.add(ebr_lba)
         ebr = src.read(ebr_lba * ss, 512)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import __version__
-from agent.controller_http import ControllerClient, HeartbeatRejected
+from agent.ironic.http import ControllerClient, HeartbeatRejected
 
 LOG = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Heartbeater:
                 self.sent += 1
                 self.failures += 0 if ok else 1
                 with self._lock:
-                    self.schedule.sent(self._clock(), ok, float(self.config.heartbeat_timeout),
+                    self.schedule.sent(self._clock(), ok, self.config.heartbeat_timeout,
                                        self._uniform, served=seen)
             if self.stopped.is_set():
                 break

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.config import Config
-from agent.controller_http import AttemptFailed, ControllerClient
 from agent.errors import ConfigError, LookupFailed
+from agent.ironic.http import AttemptFailed, ControllerClient
 
 LOG = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def apply_overrides(config: Config, data: Any) -> list[str]:
     controller quirk must not stop a deploy.  The token is handled by
     ``resolve_token`` because the masked form is not a value.
     """
-    applied = []
+    applied: list[str] = []
     if not isinstance(data, dict):
         return applied
     for key, value in data.items():
@@ -113,7 +113,7 @@ def apply_overrides(config: Config, data: Any) -> list[str]:
         applied.append(name)
     if applied:
         LOG.info("applied controller settings: %s",
-                 ", ".join(f"{n}={config.values[n]!r}" for n in applied))
+                 ", ".join(f"{n}={getattr(config, n)!r}" for n in applied))
     return applied
 
 

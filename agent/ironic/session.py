@@ -16,13 +16,16 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, is_ramdisk
-from agent.controller_http import AUTO_TLS_VERSION, ControllerClient, format_version
-from agent.controller_lookup import apply_overrides, lookup, resolve_token
 from agent.errors import AdvertiseAddressNotFound, ConfigError
-from agent.heartbeat import Heartbeater
+from agent.ironic.heartbeat import Heartbeater
+from agent.ironic.http import AUTO_TLS_VERSION, ControllerClient, format_version
+from agent.ironic.lookup import apply_overrides, lookup, resolve_token
+
+if TYPE_CHECKING:      # the runtime composes everything; naming its type adds no import
+    from agent.runtime import Runtime
 
 LOG = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ def advertise_address(config: Config, api_urls: list[str], *,
     """``ipa-advertise-host`` if set, else the route source towards a controller URL."""
     if config.advertise_host:
         return config.advertise_host
-    attempts = max(1, int(config.ip_lookup_attempts))
+    attempts = max(1, config.ip_lookup_attempts)
     targets = [hp for hp in (_url_host_port(u) for u in api_urls) if hp]
     for attempt in range(1, attempts + 1):
         if config.network_interface:
@@ -146,7 +149,7 @@ def advertise_address(config: Config, api_urls: list[str], *,
         if attempt < attempts:
             LOG.info("no usable address to advertise yet (attempt %d of %d); retrying in "
                      "%.0fs", attempt, attempts, config.ip_lookup_timeout)
-            sleep(float(config.ip_lookup_timeout))
+            sleep(config.ip_lookup_timeout)
     where = (f"interface {config.network_interface}" if config.network_interface
              else "the routes to " + ", ".join(h for h, _ in targets))
     raise AdvertiseAddressNotFound(
@@ -170,7 +173,7 @@ def _certificate_ip(host: str) -> str:
     except ValueError:
         pass
     try:
-        ip = socket.getaddrinfo(host, None)[0][4][0]
+        ip = str(socket.getaddrinfo(host, None)[0][4][0])
     except OSError as exc:
         raise AdvertiseAddressNotFound(
             f"ipa-advertise-host {host} does not resolve ({exc}); the auto-TLS certificate "
@@ -193,7 +196,7 @@ class ControllerSession:
         self.client: ControllerClient | None = None
 
 
-def run_with_controller(runtime: Any, *, sleep: Callable[[float], None] = time.sleep
+def run_with_controller(runtime: Runtime, *, sleep: Callable[[float], None] = time.sleep
                         ) -> ControllerSession:
     """Lookup → overrides → token → advertise → API → heartbeats.
 
@@ -204,7 +207,7 @@ def run_with_controller(runtime: Any, *, sleep: Callable[[float], None] = time.s
     cfg: Config = runtime.config
     state = runtime.state
     session = ControllerSession()
-    client = ControllerClient(cfg.api_url, timeout=float(cfg.http_request_timeout),
+    client = ControllerClient(cfg.api_url, timeout=cfg.http_request_timeout,
                               verify=not cfg.insecure, request_id=cfg.global_request_id,
                               pinned_version=cfg.ironic_api_version)
     if not client.urls:
@@ -215,14 +218,15 @@ def run_with_controller(runtime: Any, *, sleep: Callable[[float], None] = time.s
     if cfg.hardware_initialization_delay:
         LOG.info("waiting %.0fs before touching hardware (ipa-hardware-initialization-delay)",
                  cfg.hardware_initialization_delay)
-        sleep(float(cfg.hardware_initialization_delay))
+        sleep(cfg.hardware_initialization_delay)
     macs = local_macs(wait=is_ramdisk(cfg), sleep=sleep)
-    body = lookup(client, macs, timeout=float(cfg.lookup_timeout),
-                  interval=float(cfg.lookup_interval), sleep=sleep)
+    body = lookup(client, macs, timeout=cfg.lookup_timeout,
+                  interval=cfg.lookup_interval, sleep=sleep)
     node = body["node"]
     state.refresh_node(node)
     session.node = node
-    settings = body.get("config") if isinstance(body.get("config"), dict) else {}
+    config = body.get("config")
+    settings: dict[str, Any] = config if isinstance(config, dict) else {}
     if "heartbeat_timeout" not in settings and body.get("heartbeat_timeout") is not None:
         settings = dict(settings, heartbeat_timeout=body["heartbeat_timeout"])
     apply_overrides(cfg, settings)

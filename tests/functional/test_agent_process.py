@@ -1,4 +1,4 @@
-"""The real agent process on 127.0.0.1, driven over HTTP(S) with agent/client.py."""
+"""The real agent process on 127.0.0.1, driven over HTTP(S) with agent/driver/client.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from agent import __version__, config, tls
-from agent.client import AgentAPIError, AgentClient, CommandFailed
+from agent.driver.client import AgentAPIError, AgentClient, CommandFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLUGIN_DIR = os.path.join(REPO, "tests", "plugins", "testext")

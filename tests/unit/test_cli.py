@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agent import __version__, api, cli, config, tools
-from agent.client import AgentClient
 from agent.commands import CommandRunner
+from agent.driver.client import AgentClient
 from agent.extensions import load_extensions
 from agent.server import AgentServer
 from agent.state import AgentState

@@ -22,8 +22,8 @@ from typing import Any
 
 from requests.adapters import HTTPAdapter
 
-from agent import conductor
-from agent.client import AgentClient
+from agent.driver import conductor
+from agent.driver.client import AgentClient
 
 AGENT_LOG_MEMBER = "deploy-agent.log"
 

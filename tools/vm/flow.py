@@ -1,10 +1,10 @@
 """The x86_64 end-to-end run: netboot the ramdisk, deploy the test OS, boot it from disk.
 
-    host 127.0.0.1                        guest (QEMU user network, restrict=on)
-    HTTP server :H   <- guestfwd --       10.0.2.100:80    kernel, initramfs, boot.ipxe, image
-    fake controller :C <- guestfwd --     10.0.2.100:6385  lookup, heartbeat
-    127.0.0.1:A      -- hostfwd ->        10.0.2.15:9999   the agent's API (HTTPS)
-    QEMU TFTP (in-process)                10.0.2.2         first.ipxe
+    host 127.0.0.1                            guest (QEMU user network, restrict=on)
+    HTTP server :H          <- guestfwd --    10.0.2.100:80    kernel, initramfs, boot.ipxe, image
+    stand-in controller :C  <- guestfwd --    10.0.2.100:6385  lookup, heartbeat
+    127.0.0.1:A             -- hostfwd ->     10.0.2.15:9999   the agent's API (HTTPS)
+    QEMU TFTP (in-process)                    10.0.2.2         first.ipxe
 
 A negative run (``bad-checksum``, ``unreachable-image``) expects the deploy
 to fail with a clear error and then proves that the disk does not boot.
@@ -21,7 +21,8 @@ import shutil
 import time
 from typing import Any
 
-from agent import conductor, deploy_request
+from agent.driver import conductor
+from agent.driver import request as deploy_request
 from vm import ipxe, procs, qemu, ramdisk, services, testos
 from vm.report import banner, say
 from vm.runbase import RAMDISK_FAILURES, Failed, RunBase
@@ -108,7 +109,7 @@ class DeployRun(RunBase):
                 "driver_internal_info": {}}
         self.controller = services.start_controller(self.sup, node, self.mac)
         self.agent_port = services.free_port()
-        say(f"run directory {self.run_dir}; HTTP 127.0.0.1:{self.http.port}, fake controller "
+        say(f"run directory {self.run_dir}; HTTP 127.0.0.1:{self.http.port}, stand-in controller "
             f"{self.controller.url}, agent API on 127.0.0.1:{self.agent_port}")
 
     def _machine(self, netboot: bool, serial: str) -> qemu.Machine:

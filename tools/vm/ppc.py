@@ -3,7 +3,7 @@
 No firmware netboot here: SLOF's network boot is not what OpenPOWER
 machines use (petitboot is), so QEMU loads the kernel and initramfs directly
 and passes the parameters petitboot.cfg would.  The run proves that the
-agent comes up on ppc64le, looks up and heartbeats to the fake controller,
+agent comes up on ppc64le, looks up and heartbeats to the stand-in controller,
 and answers ``poll.get_hardware_info`` with this machine's inventory.
 """
 

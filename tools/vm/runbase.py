@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from agent import conductor
+from agent.driver import conductor
 from vm import agentlink, cache, procs, qemu
 from vm.report import Timings, say
 

@@ -1,4 +1,4 @@
-"""The host side the VM talks to: a static HTTP server and the fake controller, on 127.0.0.1.
+"""The host side the VM talks to: a static HTTP server and the stand-in controller, on 127.0.0.1.
 
 Both bind port 0 (the kernel picks a free port, no race) and are registered
 with the run's Supervisor so they stop on every exit path.  The HTTP server
@@ -88,18 +88,18 @@ class FileServer:
 
 def start_controller(supervisor: procs.Supervisor, node: dict[str, Any], mac: str,
                      config: dict[str, Any] | None = None) -> Any:
-    """The fake controller (issue 8) in this process, knowing one node by its MAC."""
+    """The stand-in controller (issue 8) in this process, knowing one node by its MAC."""
     import logging
 
-    from agent.testing.fake_controller import FakeController
+    from agent.driver.standin import StandinController
 
     # werkzeug logs every request to stderr; the conductor polls once a second
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    controller = FakeController(host=LOOPBACK, port=0, config=config)
+    controller = StandinController(host=LOOPBACK, port=0, config=config)
     controller.add_node(node, macs=[mac])
     controller.start()
-    supervisor.on_close("the fake controller", controller.stop)
+    supervisor.on_close("the stand-in controller", controller.stop)
     return controller
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
-from typing import Any
 
+from agent.context import CommandContext
 from agent.errors import AgentError, Cancelled, CommandExecutionError, DeviceNotFound, InvalidImage
 from agent.imaging.bootloader import devices, grub_bios, prep, uefi
+from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Outcome:
     ignored: list[str] = dataclasses.field(default_factory=list)
 
 
-def install_bootloader(state: Any, request: Request, *, ctx: Any = None,
+def install_bootloader(state: AgentState, request: Request, *, ctx: CommandContext | None = None,
                        arch: str | None = None) -> Outcome:
     """Run §7 for ``request`` on the install disk chosen by the node's root-device hints."""
     from agent.hardware import find_install_disk
@@ -127,12 +128,12 @@ def _wrap(exc: BaseException, what: str) -> CommandExecutionError:
     return CommandExecutionError(f"{what} failed: {detail}")
 
 
-def _phase(ctx: Any, phase: str) -> None:
+def _phase(ctx: CommandContext | None, phase: str) -> None:
     if ctx is not None:
         ctx.progress.update(phase=f"install_bootloader: {phase}", unit="steps")
         ctx.check_cancelled()
 
 
-def _check_cancelled(ctx: Any) -> None:
+def _check_cancelled(ctx: CommandContext | None) -> None:
     if ctx is not None:
         ctx.check_cancelled()

@@ -1,4 +1,4 @@
-"""Start a real agent process that boots against an in-process fake controller.
+"""Start a real agent process that boots against an in-process stand-in controller.
 
 The agent gets its kernel parameters from a ``--cmdline`` file, exactly as a
 ramdisk would from /proc/cmdline, and listens on 127.0.0.1 only.

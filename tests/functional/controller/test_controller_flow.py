@@ -1,4 +1,4 @@
-"""An agent process booted against the fake controller: lookup, token, heartbeat, TLS pinning."""
+"""An agent booted against the stand-in controller: lookup, token, heartbeat, TLS pinning."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import requests
 from cryptography import x509
 
 from agent import tls
-from agent.client import AgentAPIError
-from agent.conductor import agent_client
-from agent.controller import local_macs
-from agent.testing.fake_controller import FakeController
+from agent.driver.client import AgentAPIError
+from agent.driver.conductor import agent_client
+from agent.driver.standin import StandinController
+from agent.ironic.session import local_macs
 from tests.functional.controller.agent_proc import AgentProcess
 
 
 @pytest.fixture
 def controller():
-    fake = FakeController(config={"heartbeat_timeout": 100}).start()
+    fake = StandinController(config={"heartbeat_timeout": 100}).start()
     yield fake
     fake.stop()
 
@@ -179,7 +179,7 @@ def test_lookup_timeout_exits_non_zero_with_a_clear_log(controller, agents):
 
 
 def test_old_api_without_auto_tls_heartbeats_plain_http(tmp_path, agents):
-    fake = FakeController(version="1.62", require_tls=False,
+    fake = StandinController(version="1.62", require_tls=False,
                           config={"heartbeat_timeout": 100}).start()
     try:
         node = fake.add_node(macs=None)

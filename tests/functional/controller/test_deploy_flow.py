@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from agent.conductor import Conductor, DeployPlan, agent_client, endpoint_from_controller
-from agent.deploy_request import build_image_info
+from agent.driver.conductor import Conductor, DeployPlan, agent_client, endpoint_from_controller
+from agent.driver.request import build_image_info
+from agent.driver.standin import StandinController
 from agent.errors import DeployFailed
-from agent.testing.fake_controller import FakeController
 from tests.conftest import requires_loop
 from tests.functional.controller.agent_proc import ROOT, TESTEXT, AgentProcess
 
@@ -48,7 +48,7 @@ def gpt_image(tmp_path, name: str, signature: bytes) -> bytes:
 @pytest.fixture
 def deploy_env(tmp_path, make_loop, image_server):
     disk = make_loop(128 * MiB)
-    controller = FakeController(config={"heartbeat_timeout": 100}).start()
+    controller = StandinController(config={"heartbeat_timeout": 100}).start()
     node = controller.add_node({"properties": {"root_device": {"name": disk}},
                                 "instance_info": {"image_source": "img-a"}}, macs=None)
     agent = AgentProcess(tmp_path, controller.url, flags=["--include-loop-devices"]).start()

@@ -17,7 +17,7 @@ import pytest
 
 from agent import config
 from agent.commands import CommandRunner
-from agent.extensions.clean import CleanExtension
+from agent.extensions.steps import CleanExtension
 from agent.hardware import managers
 from agent.state import AgentState
 from tests.conftest import requires_loop

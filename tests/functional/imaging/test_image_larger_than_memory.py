@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from agent.client import AgentClient
+from agent.driver.client import AgentClient
 from tests.conftest import requires_loop
 
 MiB = 1 << 20

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 
 import pytest
 
 from agent import config as config_mod
-from agent.conductor import Conductor, DeployPlan, agent_client
+from agent.driver.conductor import Conductor, DeployPlan, agent_client
 from agent.errors import DeployFailed
 from agent.runtime import Runtime
 from tests.functional.controller.agent_proc import free_port
-
-PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "plugins", "testext")
+from tests.functional.test_agent_process import PLUGIN_DIR
 
 
 @pytest.fixture

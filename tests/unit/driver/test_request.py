@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 
-from agent.deploy_request import bootloader_needed, build_image_info, load_configdrive
+from agent.driver.request import bootloader_needed, build_image_info, load_configdrive
 from agent.errors import DeployFailed
 from agent.imaging.configdrive_build import build_iso
 

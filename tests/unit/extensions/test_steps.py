@@ -6,7 +6,7 @@ import pytest
 
 from agent import config, errors
 from agent.commands import CommandRunner
-from agent.extensions.clean import CleanExtension
+from agent.extensions.steps import CleanExtension
 from agent.hardware import managers
 from agent.hardware.generic import GenericHardwareManager
 from agent.state import AgentState

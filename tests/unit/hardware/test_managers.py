@@ -98,10 +98,15 @@ def test_every_manager_filter_applies_to_the_disk_list(state):
     assert [d.name for d in managers.list_disks(state)] == ["/dev/sda"]
 
 
-def test_generic_manager_is_present_without_entry_points(monkeypatch):
-    monkeypatch.setattr(managers.metadata, "entry_points", lambda group: [])
+def test_the_generic_manager_comes_through_the_installed_entry_points():
     assert [m.name for m in managers.get_managers(make_state())] == [
-        "generic_hardware_manager"]
+        "deploy_agent_image", "generic_hardware_manager"]
+
+
+def test_no_registered_manager_is_said_plainly(monkeypatch, caplog):
+    monkeypatch.setattr(managers.metadata, "entry_points", lambda group: [])
+    assert managers.get_managers(make_state()) == []
+    assert "no hardware manager is registered" in caplog.text
 
 
 def test_broken_entry_points_are_skipped(monkeypatch, caplog):
@@ -117,6 +122,6 @@ def test_broken_entry_points_are_skipped(monkeypatch, caplog):
         EP("broken", "nowhere:Nothing", ImportError("No module named 'nowhere'")),
         EP("wrong", "builtins:dict", dict), EP("vendor", "x:Vendor", Vendor)])
     names = [m.name for m in managers.get_managers(make_state())]
-    assert names == ["vendor_hardware_manager", "generic_hardware_manager"]
+    assert names == ["vendor_hardware_manager"]
     assert "broken (nowhere:Nothing) failed to load" in caplog.text
     assert "is not a HardwareManager subclass" in caplog.text

@@ -9,9 +9,9 @@ import pytest
 
 from agent import __version__
 from agent import config as config_mod
-from agent.controller_http import ControllerClient
-from agent.heartbeat import Heartbeater, Schedule, next_interval
-from agent.testing.fake_controller import FakeController
+from agent.driver.standin import StandinController
+from agent.ironic.heartbeat import Heartbeater, Schedule, next_interval
+from agent.ironic.http import ControllerClient
 
 
 def lo(a, b):
@@ -83,7 +83,7 @@ def test_force_during_an_in_flight_heartbeat_is_kept():
 
 @pytest.fixture
 def fake():
-    controller = FakeController(config={"heartbeat_timeout": 100}).start()
+    controller = StandinController(config={"heartbeat_timeout": 100}).start()
     yield controller
     controller.stop()
 

@@ -1,11 +1,11 @@
-"""Microversion detection, headers and field gating against the fake controller."""
+"""Microversion detection, headers and field gating against the stand-in controller."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.controller_http import ControllerClient, HeartbeatRejected, parse_version
-from agent.testing.fake_controller import FakeController
+from agent.driver.standin import StandinController
+from agent.ironic.http import ControllerClient, HeartbeatRejected, parse_version
 
 DEAD = "http://127.0.0.1:9"
 
@@ -15,7 +15,7 @@ def make_fake():
     started = []
 
     def make(**kw):
-        fake = FakeController(**kw).start()
+        fake = StandinController(**kw).start()
         started.append(fake)
         return fake
     yield make

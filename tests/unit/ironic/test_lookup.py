@@ -7,16 +7,16 @@ import logging
 import pytest
 
 from agent import config as config_mod
-from agent.controller_http import ControllerClient
-from agent.controller_lookup import (
+from agent.driver.standin import StandinController
+from agent.errors import LookupFailed
+from agent.ironic.http import ControllerClient
+from agent.ironic.lookup import (
     apply_overrides,
     backoff_delay,
     conflict_wait,
     lookup,
     resolve_token,
 )
-from agent.errors import LookupFailed
-from agent.testing.fake_controller import FakeController
 
 
 def cfg(**flags):
@@ -40,7 +40,7 @@ class FakeTime:
 
 @pytest.fixture
 def fake():
-    controller = FakeController().start()
+    controller = StandinController().start()
     yield controller
     controller.stop()
 

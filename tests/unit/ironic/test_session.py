@@ -6,7 +6,9 @@ import pytest
 
 from agent import config as config_mod
 from agent import tls
-from agent.controller import (
+from agent.driver.standin import StandinController
+from agent.errors import AdvertiseAddressNotFound, ConfigError
+from agent.ironic.session import (
     _certificate_ip,
     advertise_address,
     callback_url,
@@ -14,9 +16,7 @@ from agent.controller import (
     route_source,
     run_with_controller,
 )
-from agent.errors import AdvertiseAddressNotFound, ConfigError
 from agent.runtime import Runtime
-from agent.testing.fake_controller import FakeController
 from tests.functional.controller.agent_proc import free_port
 
 
@@ -130,7 +130,7 @@ def test_callback_url_brackets_ipv6_and_has_no_trailing_slash():
 
 @pytest.fixture
 def fake():
-    controller = FakeController(config={"heartbeat_timeout": 100}).start()
+    controller = StandinController(config={"heartbeat_timeout": 100}).start()
     yield controller
     controller.stop()
 
@@ -160,7 +160,7 @@ def test_static_certificate_is_served_but_not_pinned(fake, tmp_path):
 
 
 def test_no_token_from_the_controller_means_lockdown(tmp_path):
-    old = FakeController(version="1.50").start()
+    old = StandinController(version="1.50").start()
     try:
         old.add_node(macs=None)
         runtime, session, port = start(old, tmp_path)

@@ -50,7 +50,7 @@ def test_uefi_success_stops_there(state, calls, monkeypatch):
 
 def test_uefi_error_is_ignored_on_request_and_the_grub_path_follows(state, calls, monkeypatch):
     uefi_mode(monkeypatch, DeviceNotFound("No EFI partition could be detected"))
-    state.config.values["enable_bios_bootloader_install"] = True
+    state.config.set("enable_bios_bootloader_install", True)
     outcome = install_bootloader(state, Request(root_uuid="abc", ignore_failure=True),
                                  arch="x86_64")
     assert outcome.path == "grub-bios" and calls == [("grub", "/dev/sdz", "x86_64")]
@@ -89,7 +89,7 @@ def test_grub_path_needs_the_opt_in(state, calls, monkeypatch):
 
 def test_ppc64le_never_tries_uefi(state, calls, monkeypatch):
     uefi_mode(monkeypatch, AssertionError("UEFI on ppc64le"))
-    state.config.values["enable_bios_bootloader_install"] = True
+    state.config.set("enable_bios_bootloader_install", True)
     assert install_bootloader(state, Request(root_uuid="abc"), arch="ppc64le").path == \
         "grub-bios"
     assert calls == [("grub", "/dev/sdz", "ppc64le")]
