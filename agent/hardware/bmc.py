@@ -15,8 +15,8 @@ import re
 from typing import Any
 
 from agent import tools
+from agent.disk import sysfs
 from agent.errors import AgentError
-from agent.hardware import sysfs
 
 LOG = logging.getLogger(__name__)
 CHANNELS = range(1, 12)

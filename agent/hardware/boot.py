@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agent.hardware import sysfs
+from agent.disk import sysfs
 
 
 def collect(root: str = "/", bootif: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import platform
 import re
 from typing import Any
 
-from agent.hardware import sysfs
+from agent.disk import sysfs
 
 
 def _blocks(text: str) -> list[dict[str, str]]:

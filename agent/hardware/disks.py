@@ -15,7 +15,7 @@ import os
 import re
 from typing import Any
 
-from agent.hardware import sysfs
+from agent.disk import sysfs
 
 LOG = logging.getLogger(__name__)
 

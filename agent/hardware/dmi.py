@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from agent.hardware import sysfs
+from agent.disk import sysfs
 
 LOG = logging.getLogger(__name__)
 _DT_FIRMWARE = ("ibm,opal/firmware/version", "ibm,firmware-versions/version",

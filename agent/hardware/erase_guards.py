@@ -14,10 +14,9 @@ import stat
 from collections.abc import Iterable
 
 from agent import tools
+from agent.disk import partition_table, sysfs
 from agent.errors import AgentError
-from agent.hardware import sysfs
 from agent.hardware.disks import Disk, Partition, list_partitions
-from agent.imaging import partition_table
 
 LOG = logging.getLogger(__name__)
 

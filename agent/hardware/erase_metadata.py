@@ -12,9 +12,9 @@ import logging
 import os
 
 from agent import tools
+from agent.disk import reread
 from agent.errors import AgentError, CleaningError
 from agent.hardware.disks import Disk, list_partitions
-from agent.imaging import reread
 
 LOG = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from agent import tools
+from agent.disk import sysfs
 from agent.errors import AgentError
-from agent.hardware import sysfs
 from agent.hardware.disks import Disk
 from agent.hardware.erase_base import EraseFailed, EraseUnsupported
 

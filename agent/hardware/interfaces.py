@@ -19,7 +19,7 @@ import socket
 import struct
 from typing import Any
 
-from agent.hardware import sysfs
+from agent.disk import sysfs
 
 LOG = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 import struct
 from typing import Any
 
-from agent.hardware import sysfs
+from agent.disk import sysfs
 
 LOG = logging.getLogger(__name__)
 MIB = 1024 * 1024

@@ -25,9 +25,9 @@ from typing import Any
 import requests
 
 from agent import tools
+from agent.disk import partition_edit, reread
+from agent.disk import partition_table as pt
 from agent.errors import AgentError, DeploymentError, InvalidCommandParamsError
-from agent.imaging import partition_edit, reread
-from agent.imaging import partition_table as pt
 from agent.imaging.configdrive_build import build_iso, iso_files, iso_label
 from agent.imaging.httpget import GetFailed, capped_get
 

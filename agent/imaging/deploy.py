@@ -97,7 +97,7 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
                 expected: checksum.Expected | None = None,
                 session: requests.Session | None = None) -> tuple[StreamReport, str]:
     """Stream a whole-disk image onto ``device`` after checking it is safe to."""
-    from agent.imaging import blockdev
+    from agent.disk import blockdev
     cfg = state.config
     LOG.info("installing image %s on %s", spec.id, device)
     device_size = blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
@@ -193,7 +193,7 @@ def _stream_options(state: AgentState, verify: bool) -> StreamOptions:
 def _finish_whole_disk(state: AgentState, device: str, data: bytes | None
                        ) -> dict[str, Any]:
     """After the image: backup GPT to the disk end, kernel re-read, config drive."""
-    from agent.imaging import partition_edit, partition_table, reread
+    from agent.disk import partition_edit, partition_table, reread
     table = partition_table.read_table(device)
     steps: dict[str, Any] = {"table": table.kind}
     if table.kind == "gpt" and table.backup_misplaced:
@@ -213,7 +213,8 @@ def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = No
             force: bool = False, verify_after_write: bool = False,
             write_configdrive: bool = True) -> dict[str, Any]:
     """prepare_image / cache_image / write_image: the image, then the config drive."""
-    from agent.imaging import blockdev, partition_deploy, written
+    from agent.disk import blockdev
+    from agent.imaging import partition_deploy, written
     # decode (and download) the config drive before the disk is touched
     data = _configdrive_bytes(state, configdrive) if write_configdrive else None
     device, reason = choose_device(state)

@@ -25,9 +25,10 @@ import platform
 from collections.abc import Callable
 from typing import Any
 
+from agent.disk import blockdev, partition_edit
+from agent.disk import partition_table as pt
 from agent.errors import AgentError, DeploymentError, InvalidImage
-from agent.imaging import blockdev, formats, image_info, partition_edit, partition_image
-from agent.imaging import partition_table as pt
+from agent.imaging import formats, image_info, partition_image
 from agent.imaging.stream import OpenedImage, StreamOptions, open_image, stream_image
 from agent.progress import Progress
 from agent.state import AgentState

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from agent import tools
+from agent.disk import partition_edit, reread
+from agent.disk import partition_table as pt
+from agent.disk.partition_edit import MiB, PartSpec
 from agent.errors import DeploymentError, InvalidCommandParamsError
-from agent.imaging import partition_edit, reread
-from agent.imaging import partition_table as pt
-from agent.imaging.partition_edit import MiB, PartSpec
 
 ROOT = "root"
 ESP = "efi system partition"

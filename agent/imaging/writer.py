@@ -17,8 +17,8 @@ import logging
 import mmap
 import os
 
+from agent.disk import blockdev
 from agent.errors import ImageWriteError, UnsafeDevice
-from agent.imaging import blockdev
 
 LOG = logging.getLogger(__name__)
 HEAD = 1 << 20

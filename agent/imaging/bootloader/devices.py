@@ -14,9 +14,9 @@ import os
 import re
 
 from agent import tools
+from agent.disk import partition_table as pt
+from agent.disk import reread
 from agent.errors import DeviceNotFound
-from agent.imaging import partition_table as pt
-from agent.imaging import reread
 
 LOG = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import dataclasses
 import logging
 import os
 
+from agent.disk import partition_table as pt
 from agent.errors import DeviceNotFound, InvalidImage
-from agent.imaging import partition_table as pt
 from agent.imaging.bootloader import chroot, devicemap, devices, grub_bios
 
 LOG = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable, Iterator
 
 from agent import tools
+from agent.disk import partition_table as pt
 from agent.errors import DeviceNotFound
-from agent.imaging import partition_table as pt
 from agent.imaging.bootloader import devices, efibootmgr, loaders, mounts
 
 LOG = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import pytest
 from agent import config as config_mod
 from agent.api import create_app
 from agent.commands import CommandRunner
+from agent.disk.partition_table import read_table
 from agent.extensions import load_extensions
-from agent.imaging.partition_table import read_table
 from agent.state import AgentState
 from tests.conftest import requires_loop
 

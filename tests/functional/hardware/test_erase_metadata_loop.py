@@ -11,11 +11,11 @@ import os
 
 import pytest
 
+from agent.disk.partition_table import read_table
 from agent.errors import CleaningError
 from agent.hardware import erase, erase_metadata
 from agent.hardware.disks import list_partitions
 from agent.hardware.erase_base import EraseOptions
-from agent.imaging.partition_table import read_table
 from agent.progress import Progress
 from tests.conftest import requires_loop
 from tests.functional.hardware.loop_helpers import (

@@ -13,10 +13,10 @@ import subprocess
 import pycdlib
 import pytest
 
+from agent.disk import partition_table as pt
+from agent.disk import reread
 from agent.errors import DeploymentError, InvalidCommandParamsError
 from agent.imaging import configdrive as cd
-from agent.imaging import partition_table as pt
-from agent.imaging import reread
 from tests.conftest import requires_loop
 
 pytestmark = requires_loop

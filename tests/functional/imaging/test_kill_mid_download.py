@@ -9,7 +9,7 @@ import signal
 import pytest
 import requests
 
-from agent.imaging.partition_table import read_table
+from agent.disk.partition_table import read_table
 from tests.conftest import requires_loop
 from tests.functional.imaging.faults import FaultServer
 from tests.functional.imaging.test_deploy_safety import (

@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
+from agent.disk import partition_table as pt
+from agent.disk import reread
 from agent.errors import DeploymentError, InvalidCommandParamsError
 from agent.imaging import configdrive as cd
 from agent.imaging import partition_image as pi
-from agent.imaging import partition_table as pt
-from agent.imaging import reread
 from tests.conftest import requires_loop
 from tests.functional.imaging.test_configdrive_loop import (
     CONTENT,

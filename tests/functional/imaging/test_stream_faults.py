@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
+from agent.disk.partition_table import read_table
 from agent.errors import ImageChecksumError, ImageDownloadError
 from agent.imaging.checksum import Expected
-from agent.imaging.partition_table import read_table
 from agent.imaging.source import HTTPSource
 from agent.imaging.stream import stream_image
 from tests.conftest import requires_loop

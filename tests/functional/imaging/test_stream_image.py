@@ -14,6 +14,8 @@ import time
 import pytest
 import zstandard
 
+from agent.disk import blockdev
+from agent.disk.partition_table import read_table
 from agent.errors import (
     Cancelled,
     ImageChecksumError,
@@ -21,9 +23,7 @@ from agent.errors import (
     InvalidImage,
     UnsafeDevice,
 )
-from agent.imaging import blockdev
 from agent.imaging.checksum import Expected
-from agent.imaging.partition_table import read_table
 from agent.imaging.source import HTTPSource
 from agent.imaging.stream import StreamOptions, stream_image
 from agent.progress import Progress

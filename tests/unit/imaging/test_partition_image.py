@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agent.disk import partition_table as pt
 from agent.errors import DeploymentError, InvalidCommandParamsError
 from agent.imaging import partition_image as pi
-from agent.imaging import partition_table as pt
 
 MiB = 1024 * 1024
 

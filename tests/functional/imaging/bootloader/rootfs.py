@@ -56,12 +56,12 @@ def sh(*argv: str, input: str | bytes | None = None, check: bool = True,
 
 def expose(dev: str) -> None:
     """Partition nodes through BLKPG: this kernel parses no partition tables itself."""
-    from agent.imaging import reread
+    from agent.disk import reread
     reread.reread(dev)
 
 
 def part(dev: str, number: int) -> str:
-    from agent.imaging import reread
+    from agent.disk import reread
     return reread.partition_device(dev, number)
 
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from agent.disk import reread
 from agent.errors import DeviceNotFound
-from agent.imaging import reread
 
 
 @pytest.mark.parametrize("disk,number,expected", [

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Iterator
 
 from agent import tools
+from agent.disk import partition_table as pt
 from agent.errors import DeploymentError
-from agent.imaging import partition_table as pt
 
 MiB = 1024 * 1024
 DISK_SIGNATURE_OFFSET = 440

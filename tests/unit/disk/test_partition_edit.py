@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
+from agent.disk import partition_edit as pe
+from agent.disk import partition_table as pt
 from agent.errors import DeploymentError
-from agent.imaging import partition_edit as pe
-from agent.imaging import partition_table as pt
 
 MiB = 1024 * 1024
 TiB = 1024 ** 4

@@ -20,8 +20,8 @@ import os
 import stat
 import time
 
+from agent.disk import partition_table as pt
 from agent.errors import DeploymentError, DeviceNotFound
-from agent.imaging import partition_table as pt
 
 LOG = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import tempfile
 
 import pytest
 
+from agent.disk import partition_table as pt
+from agent.disk import reread
 from agent.errors import DeploymentError
-from agent.imaging import partition_table as pt
-from agent.imaging import reread
 from tests.conftest import requires_loop
 
 pytestmark = requires_loop

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from agent.imaging import partition_table as pt
+from agent.disk import partition_table as pt
 
 MiB = 1024 * 1024
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from agent.imaging import partition_table as pt
+from agent.disk import partition_table as pt
 from tests.conftest import requires_loop
 
 pytestmark = requires_loop
