@@ -1,22 +1,27 @@
-"""What a target block device is, and whether it is safe to overwrite.
+"""What a target block device is, whether it is safe to overwrite, and wiping its tables.
 
 Everything here reads sysfs and /proc directly (no udev daemon is assumed).
 ``check_target`` runs before a single byte is written; each refusal is an
-UnsafeDevice (HTTP 400 class) that says exactly why.
+UnsafeDevice (HTTP 400 class) that says exactly why.  ``zero_edges`` is the
+one routine that makes a disk unbootable by zeroing both of its ends.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import stat
 import struct
+from collections.abc import Iterable
 
+from agent.disk import usage
 from agent.errors import DeviceNotFound, UnsafeDevice
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
+EDGE = 1 << 20                 # the first and last MiB hold every partition table
 
 
 def _sys_name(device: str) -> str:
@@ -32,71 +37,6 @@ def size_bytes(fd: int) -> int:
 
 def logical_sector_size(fd: int) -> int:
     return struct.unpack("I", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
-
-
-def partitions_of(name: str) -> list[str]:
-    """Kernel names of the partitions the kernel currently knows for disk ``name``."""
-    base = f"/sys/block/{name}"
-    try:
-        return sorted(e for e in os.listdir(base)
-                      if os.path.exists(os.path.join(base, e, "partition")))
-    except OSError:
-        return []
-
-
-def _numbers_of(name: str) -> str | None:
-    try:
-        with open(f"/sys/class/block/{name}/dev", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def mounts_using(names: list[str], mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Mount points whose source is one of the kernel block names (by major:minor)."""
-    wanted = {n for n in (_numbers_of(x) for x in names) if n}
-    found = []
-    try:
-        with open(mountinfo, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 4 and parts[2] in wanted:
-                    found.append(parts[4])
-    except OSError:
-        pass
-    try:
-        with open("/proc/swaps", encoding="utf-8") as f:
-            for line in f.readlines()[1:]:
-                dev = line.split()[0] if line.split() else ""
-                if os.path.basename(dev) in names:
-                    found.append(f"swap on {dev}")
-    except OSError:
-        pass
-    return found
-
-
-def holders_of(names: list[str]) -> list[str]:
-    held: list[str] = []
-    for name in names:
-        try:
-            entries = os.listdir(f"/sys/class/block/{name}/holders")
-            held.extend(f"{h} (holds {name})" for h in entries)
-        except OSError:
-            continue
-    return held
-
-
-def root_device_names() -> set[str]:
-    """Kernel names of the block devices backing / (empty for an initramfs)."""
-    st = os.stat("/")
-    if os.major(st.st_dev) == 0:
-        return set()
-    link = os.path.realpath(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
-    names = {os.path.basename(link)}
-    parent = os.path.basename(os.path.dirname(link))
-    if os.path.exists(os.path.join(link, "partition")):
-        names.add(parent)
-    return names
 
 
 def check_target(device: str, *, image_size: int | None = None,
@@ -116,15 +56,11 @@ def check_target(device: str, *, image_size: int | None = None,
                            "--include-loop-devices to allow it")
     if name.startswith(("ram", "zram")):
         raise UnsafeDevice(f"{device} is a RAM disk")
-    family = [name, *partitions_of(name)]
-    if name in root_device_names() or root_device_names() & set(family):
-        raise UnsafeDevice(f"{device} holds the running system's root filesystem")
-    mounted = mounts_using(family)
-    if mounted:
-        raise UnsafeDevice(f"{device} is in use: mounted at {', '.join(mounted)}")
-    held = holders_of(family)
-    if held:
-        raise UnsafeDevice(f"{device} is in use by {', '.join(held)} (md, dm or LVM)")
+    # our own descriptors are the writer's and its readers'; a second writer
+    # inside the agent is kept out by the exclusive open below
+    uses = usage.UsageSnapshot(exempt_self=True).uses(name)
+    if uses:
+        raise UnsafeDevice(f"{device} is in use: {usage.summary(uses)}")
     try:
         with open(f"/sys/class/block/{name}/ro", encoding="ascii") as f:
             if f.read().strip() == "1":
@@ -151,3 +87,60 @@ def open_exclusive(device: str, flags: int) -> int:
             raise UnsafeDevice(f"{device} is busy: it is mounted or held open exclusively "
                                "by another user (md, dm, LVM or a filesystem)") from None
         raise UnsafeDevice(f"cannot open {device}: {exc.strerror}") from None
+
+
+def zero_edges(target: int | str, size: int | None = None, *, edge: int = EDGE,
+               extra_ends: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """Zero the first and last ``edge`` bytes of a disk, and ``edge`` before each extra end.
+
+    The MBR, both GPT headers and both GPT entry arrays lie within the first
+    and last MiB whatever the sector size; an image smaller than the disk has
+    its backup GPT at the image's end, which ``extra_ends`` names.  ``target``
+    is an open descriptor (used as is, O_DIRECT included) or a path.  Synced
+    before returning; returns the (start, end) ranges written.
+    """
+    fd = target if isinstance(target, int) else os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if size is None:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        align = 1
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            # direct I/O moves whole logical sectors only; widen each range to them
+            try:
+                align = logical_sector_size(fd)
+            except OSError:
+                align = 4096
+        ranges = _merge([(0, edge), (size - edge, size)]
+                        + [(end - edge, end) for end in extra_ends], size, align)
+        longest = max((end - start for start, end in ranges), default=0)
+        if longest:
+            # an anonymous mapping is page-aligned, as O_DIRECT wants its buffer
+            with mmap.mmap(-1, longest) as zeros:
+                view = memoryview(zeros)
+                try:
+                    for start, end in ranges:
+                        done = start
+                        while done < end:
+                            done += os.pwrite(fd, view[:end - done], done)
+                finally:
+                    view.release()
+        os.fsync(fd)
+        return ranges
+    finally:
+        if not isinstance(target, int):
+            os.close(fd)
+
+
+def _merge(ranges: list[tuple[int, int]], size: int, align: int) -> list[tuple[int, int]]:
+    """Clamp to [0, size), widen to ``align``, sort and join overlapping ranges."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        start = max(0, start) // align * align
+        end = min(size, -(-end // align) * align)
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged

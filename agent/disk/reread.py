@@ -21,6 +21,7 @@ import stat
 import time
 
 from agent.disk import partition_table as pt
+from agent.disk import usage
 from agent.errors import DeploymentError, DeviceNotFound
 
 LOG = logging.getLogger(__name__)
@@ -119,27 +120,9 @@ def reread(disk: str, *, table: pt.PartitionTable | None = None,
 
 def holders(disk: str) -> list[str]:
     """Human-readable reasons why the disk or its partitions are busy."""
-    name = os.path.basename(os.path.realpath(disk))
-    devs = {name: _devnum(name)}
-    devs.update({p: _devnum(p) for p in _sysfs_partitions(name)})
-    by_num = {v: k for k, v in devs.items() if v is not None}
-    reasons = []
-    for dev, mountpoint in _mounts():
-        if dev in by_num:
-            reasons.append(f"/dev/{by_num[dev]} is mounted on {mountpoint}")
-    for swapdev in _swaps():
-        if swapdev in by_num:
-            reasons.append(f"/dev/{by_num[swapdev]} is in use as swap")
-    for node in devs:
-        hdir = os.path.join(SYS_BLOCK, node, "holders")
-        for holder in sorted(_listdir(hdir)):
-            label = _read(os.path.join(SYS_BLOCK, holder, "dm", "name"), "")
-            kind = "device-mapper" if holder.startswith("dm-") else \
-                "md RAID" if holder.startswith("md") else "holder"
-            extra = f" ({label})" if label else ""
-            reasons.append(f"/dev/{node} is held by {kind} /dev/{holder}{extra}")
-    reasons += _open_by_processes(by_num)
-    return reasons
+    # the re-read opens the disk itself: its own descriptor is no reason
+    found = usage.UsageSnapshot(exempt_self=True).uses(disk)
+    return [use.describe() for use in found]
 
 
 # --- kernel interaction ------------------------------------------------------------------
@@ -251,7 +234,6 @@ def _sysfs_partitions(name: str) -> dict[str, tuple[int, int, int]]:
     return parts
 
 
-
 def _devnum(name: str) -> int | None:
     try:
         major, minor = _read(os.path.join(SYS_BLOCK, name, "dev")).split(":")
@@ -280,52 +262,6 @@ def _make_node(part: str) -> None:
         os.mknod(path, 0o600 | stat.S_IFBLK, dev)
     except FileExistsError:
         pass   # devtmpfs or udev created it meanwhile; the next poll checks it
-
-
-def _mounts() -> list[tuple[int, str]]:
-    result = []
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                major, minor = fields[2].split(":")
-                result.append((os.makedev(int(major), int(minor)), fields[4]))
-    except (OSError, ValueError, IndexError):
-        pass
-    return result
-
-
-def _swaps() -> list[int]:
-    result = []
-    try:
-        with open("/proc/swaps") as f:
-            for line in f.readlines()[1:]:
-                try:
-                    st = os.stat(line.split()[0])
-                except (OSError, IndexError):
-                    continue
-                if stat.S_ISBLK(st.st_mode):
-                    result.append(st.st_rdev)
-    except OSError:
-        pass
-    return result
-
-
-def _open_by_processes(by_num: dict[int, str]) -> list[str]:
-    reasons, me = [], str(os.getpid())
-    for pid in _listdir("/proc"):
-        if not pid.isdigit() or pid == me:
-            continue
-        fddir = f"/proc/{pid}/fd"
-        for fd in _listdir(fddir):
-            try:
-                st = os.stat(os.path.join(fddir, fd))
-            except OSError:
-                continue   # unreadable or gone: not ours to judge
-            if stat.S_ISBLK(st.st_mode) and st.st_rdev in by_num:
-                comm = _read(f"/proc/{pid}/comm", "?")
-                reasons.append(f"/dev/{by_num[st.st_rdev]} is open by process {pid} ({comm})")
-    return reasons
 
 
 def _listdir(path: str) -> list[str]:

@@ -1,5 +1,10 @@
 """The command surface.  Extensions validate, then call hardware/ and imaging/.
 
+- ``standby``: prepare_image, cache_image, partition UUIDs, sync, power
+- ``steps``: clean, deploy and service steps (one extension class per step type)
+- ``image``: install_bootloader; ``poll``: the inventory; ``log``: collected logs
+- ``system``: lockdown; ``rescue``: finalize_rescue
+
 Extensions are found through the ``deploy_agent.extensions`` entry-point
 group, so an out-of-tree package can add commands without touching this tree.
 """

@@ -6,29 +6,22 @@ import logging
 from typing import Any
 
 from agent.commands import CommandContext, command
-from agent.config import parse_bool
 from agent.errors import InvalidCommandParamsError
 from agent.extensions import Extension
 from agent.hardware import power
+from agent.imaging import deploy, image_info
+from agent.imaging.steps import configdrive_for, flag, shaped
 
 LOG = logging.getLogger(__name__)
-
-
-def _flag(params: dict[str, Any], name: str) -> bool:
-    try:
-        return parse_bool(params.get(name) or False)
-    except ValueError:
-        raise InvalidCommandParamsError(f"'{name}' must be a boolean") from None
 
 
 class StandbyExtension(Extension):
     name = "standby"
 
     def validate_image(self, params: dict[str, Any]) -> dict[str, Any]:
-        from agent.imaging import image_info
         spec = image_info.validate(params.get("image_info"),
                                    md5_allowed=self.config.md5_enabled)
-        configdrive = params.get("configdrive", spec.raw.get("configdrive"))
+        configdrive = configdrive_for(spec, params.get("configdrive"))
         node = params.get("node")
         if node is not None and not isinstance(node, dict):
             raise InvalidCommandParamsError("'node' must be an object")
@@ -37,14 +30,13 @@ class StandbyExtension(Extension):
             # conductor's step calls do
             self.state.refresh_node(node)
         return {"spec": spec, "configdrive": configdrive,
-                "force": _flag(params, "force"),
-                "verify_after_write": _flag(params, "verify_after_write")
-                or _flag(spec.raw, "verify_after_write")}
+                "force": flag(params, "force"),
+                "verify_after_write": flag(params, "verify_after_write")
+                or flag(spec.raw, "verify_after_write")}
 
     def run_prepare(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
                     force: bool = False, verify_after_write: bool = False,
                     write_configdrive: bool = True) -> dict[str, Any]:
-        from agent.imaging import deploy
         outcome = deploy.prepare(self.state, spec, configdrive, progress=ctx.progress,
                                  cancel_check=ctx.check_cancelled, force=force,
                                  verify_after_write=verify_after_write,
@@ -55,14 +47,14 @@ class StandbyExtension(Extension):
     def prepare_image(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
                       force: bool = False, verify_after_write: bool = False) -> dict[str, Any]:
         outcome = self.run_prepare(ctx, spec, configdrive, force, verify_after_write)
-        return {"result": f"prepare_image: {outcome.pop('message')}", **outcome}
+        return shaped("prepare_image", outcome)
 
     @command(is_async=True, validator="validate_image")
     def cache_image(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
                     force: bool = False, verify_after_write: bool = False) -> dict[str, Any]:
         outcome = self.run_prepare(ctx, spec, None, force, verify_after_write,
                                    write_configdrive=False)
-        return {"result": f"cache_image: {outcome.pop('message')}", **outcome}
+        return shaped("cache_image", outcome)
 
     @command()
     def sync(self, ctx: CommandContext) -> None:

@@ -1,6 +1,13 @@
-"""What the machine is, which disk to deploy to, and how to clean it.
+"""What the machine is, which disk to deploy to, how to clean it, and its power.
 
-``find_install_disk`` is the entry point for imaging: it waits for disks,
+- ``managers``: hardware-manager plugins (entry points), ordering and dispatch; ``generic``: ours
+- ``inventory`` with ``cpu``, ``memory``, ``disks``, ``interfaces``, ``dmi``, ``bmc``, ``boot``
+- ``hints``: root-device hints and the skip list
+- ``erase`` (planning and running) with ``erase_guards`` (in use? shared SAN?), ``erase_base``
+  (options), ``erase_metadata``, ``erase_ata``, ``erase_nvme``, ``erase_overwrite``
+- ``power``: flush, power off or reboot, and the refusal outside a ramdisk
+
+``find_install_disk`` below is the entry point for imaging: it waits for disks,
 applies the node's root-device hints and skip list, and says why it chose
 the disk it returns.
 """

@@ -1,20 +1,21 @@
 """Safety checks run on every disk before any erase method touches any disk.
 
-A disk is refused when it is in use (mounted, swap, held by md/dm, or open
-by a process), read-only (unless the node says to skip those), or carries a
-shared-SAN filesystem — VMFS, GPFS or GFS2, by signature or by partition
-type — because erasing a LUN shared with other hosts destroys their data.
+A disk is refused when it is in use (``agent.disk.usage``: mounted, swap,
+held by md/dm, or open by a process other than udev's probers), read-only
+(unless the node says to skip those), or carries a shared-SAN filesystem —
+VMFS, GPFS or GFS2, by signature or by partition type — because erasing a
+LUN shared with other hosts destroys their data.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Iterable
 
 from agent import tools
-from agent.disk import partition_table, sysfs
+from agent.disk import partition_table
+from agent.disk.usage import Node, UsageSnapshot
 from agent.errors import AgentError
 from agent.hardware.disks import Disk, Partition, list_partitions
 
@@ -31,94 +32,13 @@ SHARED_PART_TYPES = {
 }
 
 
-def _devno_of(st_rdev: int) -> tuple[int, int]:
-    return os.major(st_rdev), os.minor(st_rdev)
-
-
-def mounted_devnos(root: str = "/") -> set[tuple[int, int]]:
-    text = sysfs.read_str(sysfs.path(root, "/proc/self/mountinfo")) or ""
-    found = set()
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) > 2 and ":" in fields[2]:
-            major, minor = fields[2].split(":", 1)
-            found.add((int(major), int(minor)))
-    return found
-
-
-def swap_devnos(root: str = "/") -> set[tuple[int, int]]:
-    text = sysfs.read_str(sysfs.path(root, "/proc/swaps")) or ""
-    found = set()
-    for line in text.splitlines()[1:]:
-        name = line.split()[0] if line.split() else ""
-        try:
-            st = os.stat(name)
-        except OSError:
-            continue
-        if stat.S_ISBLK(st.st_mode):
-            found.add(_devno_of(st.st_rdev))
-    return found
-
-
-# udev re-probes every device closed after a write; those brief opens are
-# not users of the disk, and counting them would make erasure fail at random
-TRANSIENT_PROBERS = {"systemd-udevd", "udevd", "(udev-worker)"}
-
-
-def open_devnos(root: str = "/") -> dict[tuple[int, int], set[str]]:
-    """Block devices held open by any process: devno → {"pid (comm)", ...}.
-
-    /proc/1/fd and other processes' fds can be unreadable (namespaces,
-    hardening); those are skipped rather than failing the whole scan.
-    """
-    proc = sysfs.path(root, "/proc")
-    holders: dict[tuple[int, int], set[str]] = {}
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        fd_dir = os.path.join(proc, pid, "fd")
-        comm = sysfs.read_str(os.path.join(proc, pid, "comm")) or "?"
-        if comm in TRANSIENT_PROBERS:
-            continue
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                st = os.stat(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if stat.S_ISBLK(st.st_mode):
-                holders.setdefault(_devno_of(st.st_rdev), set()).add(f"{pid} ({comm})")
-    return holders
-
-
-class UsageSnapshot:
-    """Mounts, swaps and open files, read once for a whole erase run."""
-
-    def __init__(self, root: str = "/") -> None:
-        self.mounted = mounted_devnos(root)
-        self.swaps = swap_devnos(root)
-        self.opened = open_devnos(root)
-
-
 def in_use_reasons(disk: Disk, parts: Iterable[Partition], usage: UsageSnapshot) -> list[str]:
-    reasons = []
-    nodes = [(disk.name, disk.devno, disk.sysfs_path)] + [
-        (p.name, p.devno, os.path.join(disk.sysfs_path, os.path.basename(p.name)))
+    """Why ``disk`` or one of ``parts`` is in use, node by node (empty: idle)."""
+    nodes = [Node(disk.name, os.makedev(*disk.devno), disk.sysfs_path)] + [
+        Node(p.name, os.makedev(*p.devno),
+             os.path.join(disk.sysfs_path, os.path.basename(p.name)))
         for p in parts]
-    for name, devno, sys_dir in nodes:
-        if devno in usage.mounted:
-            reasons.append(f"{name} is mounted")
-        if devno in usage.swaps:
-            reasons.append(f"{name} is active swap")
-        holders = sysfs.listdir(os.path.join(sys_dir, "holders"))
-        if holders:
-            reasons.append(f"{name} is held by {', '.join(holders)}")
-        if devno in usage.opened:
-            reasons.append(f"{name} is open by process {', '.join(sorted(usage.opened[devno]))}")
-    return reasons
+    return [use.describe() for use in usage.uses_of(nodes)]
 
 
 def _probe(device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:

@@ -12,31 +12,15 @@ import logging
 import os
 
 from agent import tools
-from agent.disk import reread
+from agent.disk import blockdev, reread
 from agent.errors import AgentError, CleaningError
 from agent.hardware.disks import Disk, list_partitions
 
 LOG = logging.getLogger(__name__)
 
-EDGE = 1024 * 1024
-
 
 def _wipe(device: str) -> None:
     tools.run("wipefs", "--force", "--all", device, timeout=120)
-
-
-def _zero_edges(disk: Disk) -> None:
-    fd = os.open(disk.name, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        zeros = bytes(min(EDGE, size))
-        os.pwrite(fd, zeros, 0)
-        if size > EDGE:
-            tail = min(EDGE, size - EDGE)
-            os.pwrite(fd, zeros[:tail], size - tail)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _wipe_kernel_partitions(disk: Disk, done: set[tuple[int, int]]) -> None:
@@ -67,7 +51,7 @@ def erase_metadata(disk: Disk) -> str:
     _wipe_kernel_partitions(disk, done)
     wiped = len(done)
     _wipe(disk.name)
-    _zero_edges(disk)
+    blockdev.zero_edges(disk.name)
     # the table is gone: drop the partition nodes that described it
     _sync_kernel(disk)
     leftover = tools.run("blkid", "-p", "-o", "export", disk.name, ok_codes=(0, 2),

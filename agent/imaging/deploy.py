@@ -1,31 +1,52 @@
 """Deploy an image: pick the disk, stream it, then fix up the partition table.
 
 This is the one place that composes the imaging stages for a command:
-validate → choose device → resolve checksum → stream (source → hash →
-decompress → writer) → re-read partitions → config drive → record UUIDs.
-Partition images take their own order (agent/imaging/partition_deploy.py).
+
+    validate → choose device → resolve checksum → open and inspect the head
+    → stream_image:  writer (tables wiped)
+                     → body: source → hash → [decompress] → writer (stream.py)
+                       or → stage in the disk's tail → qemu-img (nonraw.py)
+                     → head → verify
+                     on any error, the writer wipes what it wrote
+    → re-read partitions → config drive → record UUIDs
+
+Partition images put their own table around ``stream_image``
+(``_deploy_partition_image``; the order and why: partition_deploy.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import requests
 
+from agent.disk import blockdev, partition_edit, partition_table, reread
 from agent.errors import InvalidImage
-from agent.imaging import checksum, formats, image_info
+from agent.hardware import find_install_disk
+from agent.imaging import (
+    checksum,
+    formats,
+    image_info,
+    nonraw,
+    partition_deploy,
+    partition_image,
+    verify,
+    written,
+)
+from agent.imaging.head import OpenedImage, open_image
 from agent.imaging.source import HTTPSource, fetch_text
-from agent.imaging.stream import OpenedImage, StreamOptions, StreamReport, open_image, stream_image
+from agent.imaging.stream import StreamOptions, StreamReport, stream_body
 from agent.imaging.writer import DeviceWriter
 from agent.progress import Progress
 from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
 
-RAW_FORMATS = ("raw", "gpt", "iso")
 MiB = 1 << 20
 
 
@@ -48,7 +69,6 @@ def inspect_image(state: AgentState, spec: image_info.ImageSpec, opened: OpenedI
 
 def choose_device(state: AgentState) -> tuple[str, str]:
     """The install disk and why it was chosen."""
-    from agent.hardware import find_install_disk  # hardware is optional at import time
     disk, reason = find_install_disk(state)
     name = disk["name"] if isinstance(disk, dict) else disk.name
     return name, reason
@@ -90,6 +110,74 @@ def resolve_checksum(state: AgentState, spec: image_info.ImageSpec,
                                headers=spec.headers, auth=spec.auth))
 
 
+@dataclasses.dataclass(frozen=True)
+class Staging:
+    """Where a non-raw image file lands, checksummed, before qemu-img converts it."""
+
+    format: str
+    virtual_size: int
+    offset: int         # on the target disk, beyond the image's virtual size
+    room: int
+
+
+def stream_image(opened: OpenedImage, device: str, expected: checksum.Expected, *,
+                 options: StreamOptions | None = None, staging: Staging | None = None,
+                 progress: Progress | None = None,
+                 cancel_check: Callable[[], None] = lambda: None) -> StreamReport:
+    """Write the opened image onto ``device``, its first MiB last; raise with the disk wiped."""
+    opts = options or StreamOptions()
+    if staging is not None:
+        opts = dataclasses.replace(opts, base=staging.offset, limit=staging.room,
+                                   hold_head=False)
+    progress = progress or Progress()
+    started = time.monotonic()
+    with contextlib.closing(opened.source), DeviceWriter(
+            device, direct=opts.direct, zero_skip=opts.zero_skip,
+            hash_output="sha256" if opts.verify_after_write else None,
+            base=opts.base, hold_head=opts.hold_head, limit=opts.limit) as writer:
+        # from here until the head is written the disk cannot boot; any error
+        # inside this block makes the writer wipe its tables again (writer.py)
+        writer.begin()
+        report = stream_body(opened, writer, expected, progress=progress,
+                             cancel_check=cancel_check, checksum_retries=opts.checksum_retries)
+        if opts.verify_after_write:
+            # a converted image is checked where it was staged, before qemu-img reads it:
+            # the guest disk qemu-img writes has no digest of its own to compare against
+            progress.update(phase="verify", done=0, total=writer.position)
+            if staging is not None:
+                verify.verify_device(device, writer.position, writer.output_digest or "",
+                                     progress, cancel_check, offset=writer.base)
+        if staging is not None:
+            report.conversion = _convert(staging, writer, device, progress, cancel_check)
+        writer.write_head()
+        if opts.verify_after_write:
+            if staging is None:
+                verify.verify_device(device, writer.position, writer.output_digest or "",
+                                     progress, cancel_check)
+            report.verified_after_write = True
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _convert(staging: Staging, writer: DeviceWriter, device: str, progress: Progress,
+             cancel_check: Callable[[], None]) -> dict[str, Any]:
+    """Stage → qemu-img: the staged image file becomes the guest disk, its first MiB last.
+
+    qemu-img reads only bytes whose checksum has passed, and RAM never holds
+    the image.
+    """
+    def report(done: int, total: int) -> None:
+        progress.update(phase="convert", done=done, total=total)
+
+    progress.update(phase="convert", done=0, total=staging.virtual_size)
+    staged = writer.pad(4096)
+    result = nonraw.write_nonraw(device, staging.format, device, source_offset=staging.offset,
+                                 source_size=staged, progress=report,
+                                 cancel_check=cancel_check)
+    LOG.info("converted %s image: %s", staging.format, result)
+    return {**result, "staged_at": staging.offset, "staged_bytes": staged}
+
+
 def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
                 progress: Progress | None = None,
                 cancel_check: Callable[[], None] = lambda: None,
@@ -97,75 +185,50 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
                 expected: checksum.Expected | None = None,
                 session: requests.Session | None = None) -> tuple[StreamReport, str]:
     """Stream a whole-disk image onto ``device`` after checking it is safe to."""
-    from agent.disk import blockdev
     cfg = state.config
     LOG.info("installing image %s on %s", spec.id, device)
     device_size = blockdev.check_target(device, allow_loop=cfg.include_loop_devices)
     session = session or make_session(spec, state)
     if expected is None:
         expected = resolve_checksum(state, spec, session)
-    opts = options or StreamOptions()
     source = make_source(spec, state, cancel_check, session)
     if progress is not None:
         progress.update(phase="connect", unit="bytes")
-    opened = open_image(source)
     try:
+        opened = open_image(source)
         inspection = inspect_image(state, spec, opened, source, device_size)
+        staging = None if inspection.format in formats.RAW_FAMILY else _staging(
+            device, device_size, inspection, opened)
     except BaseException:
         source.close()
         raise
-    conversion: dict[str, Any] = {}
-    if inspection.format not in RAW_FORMATS:
-        opts = _staging_options(opts, device, device_size, inspection, opened, source,
-                                progress, cancel_check, conversion)
-    report = stream_image(source, device, expected, progress=progress,
-                          cancel_check=cancel_check, options=opts, opened=opened)
+    report = stream_image(opened, device, expected, options=options, staging=staging,
+                          progress=progress, cancel_check=cancel_check)
     report.image_format = inspection.format
-    report.conversion = conversion or None
     LOG.info("image %s written to %s: %s", spec.id, device, report.as_dict())
     return report, device
 
 
-def _staging_options(opts: StreamOptions, device: str, device_size: int,
-                     inspection: formats.Inspection, opened: OpenedImage,
-                     source: HTTPSource, progress: Progress | None,
-                     cancel_check: Callable[[], None],
-                     conversion: dict[str, Any]) -> StreamOptions:
-    """Non-raw images land, checksummed, behind their own virtual size; qemu-img converts.
+def _staging(device: str, device_size: int, inspection: formats.Inspection,
+             opened: OpenedImage) -> Staging:
+    """Non-raw images are staged in the disk's tail, beyond their own virtual size.
 
-    The image file is streamed (and hashed) into the disk's tail beyond the
-    virtual size, so RAM never holds it and qemu-img never reads a byte whose
-    checksum has not passed.  Then qemu-img writes the body, and the first MiB
-    last, from that staging area onto the front of the same disk.
+    The image file is streamed (and hashed) there, so RAM never holds it and
+    qemu-img never reads a byte whose checksum has not passed.  Then qemu-img
+    writes the body, and the first MiB last, from that staging area onto the
+    front of the same disk.
     """
     vsize = inspection.virtual_size or 0
     stage_at = -(-(vsize + MiB) // MiB) * MiB
     room = device_size - stage_at
-    file_size = source.total if opened.compression is None else None
+    file_size = opened.source.total if opened.compression is None else None
     if room <= 0 or (file_size is not None and file_size > room):
         need = stage_at + (file_size or 0)
         raise InvalidImage(
             f"{device} ({device_size} bytes) is too small to stage this {inspection.format} "
             f"image: it needs the virtual size ({vsize} bytes) plus the image file "
             f"({file_size or 'unknown'} bytes), {need} bytes in all")
-
-    def convert(writer: DeviceWriter) -> None:
-        from agent.imaging import nonraw
-
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress.update(phase="convert", done=done, total=total)
-        if progress is not None:
-            progress.update(phase="convert", done=0, total=vsize)
-        staged = writer.pad(4096)
-        result = nonraw.write_nonraw(device, inspection.format, device, source_offset=stage_at,
-                                     source_size=staged, progress=report,
-                                     cancel_check=cancel_check)
-        LOG.info("converted %s image: %s", inspection.format, result)
-        conversion.update(result, staged_at=stage_at, staged_bytes=staged)
-
-    return dataclasses.replace(opts, base=stage_at, limit=room, hold_head=False,
-                               after_body=convert)
+    return Staging(format=inspection.format, virtual_size=vsize, offset=stage_at, room=room)
 
 
 def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any]) -> str:
@@ -173,8 +236,6 @@ def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any
     if spec.raw.get("deploy_boot_mode") == "uefi" and uuids.get("efi system partition uuid"):
         msg += f" efi_system_partition_uuid={uuids['efi system partition uuid']}"
     return msg
-
-
 
 
 def _configdrive_bytes(state: AgentState, value: Any) -> bytes | None:
@@ -190,10 +251,45 @@ def _stream_options(state: AgentState, verify: bool) -> StreamOptions:
                          zero_skip=state.config.image_zero_skip, verify_after_write=verify)
 
 
+def _deploy_partition_image(state: AgentState, spec: image_info.ImageSpec, device: str,
+                            data: bytes | None, session: requests.Session,
+                            options: StreamOptions, progress: Progress | None,
+                            cancel_check: Callable[[], None]) -> dict[str, Any]:
+    """Partition ``device``, stream the root image, restore the table, add the config drive.
+
+    Everything that can be judged without the network is judged first, then
+    the network is reached, and only then is the disk touched.
+    """
+    chosen = partition_deploy.plan(state, spec, device, data)
+    expected = resolve_checksum(state, spec, session)
+    source = make_source(spec, state, cancel_check, session)
+    if progress is not None:
+        progress.update(phase="connect", unit="bytes")
+    try:
+        opened = open_image(source)
+        partition_deploy.check_raw(opened)
+    except BaseException:
+        source.close()
+        raise
+    LOG.info("image %s reached; partitioning %s", spec.id, device)
+    # on any error inside this block the disk's first and last MiB are wiped
+    with contextlib.closing(source), partition_deploy.PartitionedDisk(
+            device, chosen, progress) as disk:
+        report = stream_image(opened, disk.root, expected, options=options,
+                              progress=progress, cancel_check=cancel_check)
+        disk.restore_table()
+        steps: dict[str, Any] = {"write": report.as_dict(), "partitions": disk.layout}
+        if data is not None:
+            from agent.imaging import configdrive
+            steps["configdrive"] = configdrive.write_configdrive(
+                device, data, partition=disk.layout[partition_image.CONFIGDRIVE])
+        state.partition_uuids = partition_image.partition_uuids(disk.layout)
+    return steps
+
+
 def _finish_whole_disk(state: AgentState, device: str, data: bytes | None
                        ) -> dict[str, Any]:
     """After the image: backup GPT to the disk end, kernel re-read, config drive."""
-    from agent.disk import partition_edit, partition_table, reread
     table = partition_table.read_table(device)
     steps: dict[str, Any] = {"table": table.kind}
     if table.kind == "gpt" and table.backup_misplaced:
@@ -213,8 +309,6 @@ def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = No
             force: bool = False, verify_after_write: bool = False,
             write_configdrive: bool = True) -> dict[str, Any]:
     """prepare_image / cache_image / write_image: the image, then the config drive."""
-    from agent.disk import blockdev
-    from agent.imaging import partition_deploy, written
     # decode (and download) the config drive before the disk is touched
     data = _configdrive_bytes(state, configdrive) if write_configdrive else None
     device, reason = choose_device(state)
@@ -223,11 +317,8 @@ def prepare(state: AgentState, spec: image_info.ImageSpec, configdrive: Any = No
     options = _stream_options(state, verify_after_write)
     if spec.is_partition_image:
         state.written_image = None
-        outcome.update(partition_deploy.deploy(
-            state, spec, device, data,
-            resolve=lambda: resolve_checksum(state, spec, session),
-            open_source=lambda: make_source(spec, state, cancel_check, session),
-            progress=progress, cancel_check=cancel_check, options=options))
+        outcome.update(_deploy_partition_image(state, spec, device, data, session, options,
+                                               progress, cancel_check))
         outcome["message"] = result_message(spec, device, state.partition_uuids)
         return outcome
     blockdev.check_target(device, allow_loop=state.config.include_loop_devices)

@@ -14,28 +14,30 @@ Order:
 
 Any failure after step 3 wipes the first and last MiB of the disk, as the
 whole-disk path does; a kill during step 4 finds no partition table at all.
+``deploy._deploy_partition_image`` writes this sequence out; this module holds
+its parts: ``plan`` (step 1), ``check_raw`` (step 2) and ``PartitionedDisk``
+(steps 3 to 5).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
 import platform
-from collections.abc import Callable
-from typing import Any
+from types import TracebackType
 
 from agent.disk import blockdev, partition_edit
 from agent.disk import partition_table as pt
 from agent.errors import AgentError, DeploymentError, InvalidImage
 from agent.imaging import formats, image_info, partition_image
-from agent.imaging.stream import OpenedImage, StreamOptions, open_image, stream_image
+from agent.imaging.head import OpenedImage
 from agent.progress import Progress
 from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
 MiB = 1 << 20
-RAW_FORMATS = ("raw", "gpt", "iso")
 UNBOOTABLE = ("{device} was left without a partition table (first and last MiB wiped) "
               "and will not boot")
 
@@ -89,14 +91,7 @@ class TableGuard:
 def wipe_edges(device: str) -> str:
     """First and last MiB of the disk: every table, both GPT copies, the boot code."""
     try:
-        fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            size = os.lseek(fd, 0, os.SEEK_END)
-            for start in sorted({0, max(0, size - MiB)}):
-                os.pwrite(fd, bytes(min(MiB, size - start)), start)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        blockdev.zero_edges(device)
     except OSError as exc:
         LOG.error("could not wipe %s after a failed deploy: %s", device, exc)
         return (f"WARNING: {device} may hold a partition table over a partial image: "
@@ -104,81 +99,115 @@ def wipe_edges(device: str) -> str:
     return UNBOOTABLE.format(device=device)
 
 
-def _raw_only(opened: OpenedImage) -> None:
+def check_raw(opened: OpenedImage) -> None:
+    """Partition images are written byte for byte: refuse anything else before a write."""
     inspection = formats.inspect(opened.read_at)
-    if inspection.format not in RAW_FORMATS:
+    if inspection.format not in formats.RAW_FAMILY:
         raise InvalidImage(f"the partition image is {inspection.format}; partition images "
                            "must be raw (optionally compressed)")
 
 
-def deploy(state: AgentState, spec: image_info.ImageSpec, device: str, data: bytes | None,
-           *, resolve: Callable[[], Any], open_source: Callable[[], Any],
-           progress: Progress | None, cancel_check: Callable[[], None],
-           options: StreamOptions) -> dict[str, Any]:
-    """Partition ``device``, stream the root image, restore the table, add the config drive.
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The partition layout an image asks for, judged against the disk before any write."""
 
-    ``resolve`` returns the expected checksum and ``open_source`` a new
-    HTTPSource; both reach the network, which happens before any write.
-    """
+    root_mb: int
+    swap_mb: int
+    ephemeral_mb: int
+    boot_mode: str
+    disk_label: str | None
+    cpu_arch: str | None
+    configdrive_size: int
+    ephemeral_format: str | None
+    preserve_ephemeral: bool
+
+
+def plan(state: AgentState, spec: image_info.ImageSpec, device: str,
+         data: bytes | None) -> Plan:
+    """Step 1: sizes, the target, the layout against the disk, a preserved ephemeral."""
     raw = spec.raw
     node = state.node or {}
     cpu_arch = (node.get("properties") or {}).get("cpu_arch") or platform.machine()
-    layout_args = {**spec.sizes_mb, "boot_mode": raw.get("deploy_boot_mode") or "bios",
-                   "disk_label": raw.get("disk_label"), "cpu_arch": cpu_arch,
-                   "configdrive_size": len(data) if data else 0}
-    label, specs = partition_image.plan_layout(**layout_args)
+    sizes = spec.sizes_mb
+    chosen = Plan(root_mb=sizes.get("root_mb", 0), swap_mb=sizes.get("swap_mb", 0),
+                  ephemeral_mb=sizes.get("ephemeral_mb", 0),
+                  boot_mode=raw.get("deploy_boot_mode") or "bios",
+                  disk_label=raw.get("disk_label"), cpu_arch=cpu_arch,
+                  configdrive_size=len(data) if data else 0,
+                  ephemeral_format=raw.get("ephemeral_format"),
+                  preserve_ephemeral=spec.preserve_ephemeral)
+    label, specs = partition_image.plan_layout(
+        root_mb=chosen.root_mb, swap_mb=chosen.swap_mb, ephemeral_mb=chosen.ephemeral_mb,
+        boot_mode=chosen.boot_mode, disk_label=chosen.disk_label, cpu_arch=chosen.cpu_arch,
+        configdrive_size=chosen.configdrive_size)
     blockdev.check_target(device, allow_loop=state.config.include_loop_devices)
     partition_edit.check_fits(device, label, specs)
-    if spec.preserve_ephemeral and spec.sizes_mb.get("ephemeral_mb"):
+    if chosen.preserve_ephemeral and chosen.ephemeral_mb:
         partition_image.check_preservable(device, label, specs)
+    return chosen
 
-    expected = resolve()
-    source = open_source()
-    if progress is not None:
-        progress.update(phase="connect", unit="bytes")
-    try:
-        opened = open_image(source)
-        _raw_only(opened)
-    except BaseException:
-        source.close()
-        raise
-    LOG.info("image %s reached; partitioning %s", spec.id, device)
 
-    guard: TableGuard | None = None
-    try:
+class PartitionedDisk:
+    """Steps 3 to 5: the new table, lifted off the disk while the root partition is written.
+
+    ``with PartitionedDisk(...) as disk`` partitions the disk and takes the
+    table off it; ``disk.restore_table()`` puts it back.  An error anywhere
+    inside the block, or while partitioning, wipes the first and last MiB of
+    the disk and says so in the error.
+    """
+
+    def __init__(self, device: str, chosen: Plan, progress: Progress | None) -> None:
+        self.device = device
+        self.plan = chosen
+        self.progress = progress
+        self.layout: dict[str, str] = {}
+        self._guard: TableGuard | None = None
+
+    @property
+    def root(self) -> str:
+        return self.layout[partition_image.ROOT]
+
+    def __enter__(self) -> PartitionedDisk:
+        p = self.plan
         try:
-            if progress is not None:
-                progress.update(phase="partitions", done=0, total=None)
-            layout = partition_image.create_layout(
-                device, ephemeral_format=raw.get("ephemeral_format"),
-                preserve_ephemeral=spec.preserve_ephemeral, **layout_args)
-            guard = TableGuard(device)
-            guard.lift()
-        except BaseException:
-            source.close()
+            if self.progress is not None:
+                self.progress.update(phase="partitions", done=0, total=None)
+            self.layout = partition_image.create_layout(
+                self.device, root_mb=p.root_mb, swap_mb=p.swap_mb, ephemeral_mb=p.ephemeral_mb,
+                ephemeral_format=p.ephemeral_format, preserve_ephemeral=p.preserve_ephemeral,
+                boot_mode=p.boot_mode, disk_label=p.disk_label, cpu_arch=p.cpu_arch,
+                configdrive_size=p.configdrive_size)
+            self._guard = TableGuard(self.device)
+            self._guard.lift()
+        except BaseException as exc:
+            self._fail(exc)
             raise
-        report = stream_image(source, layout[partition_image.ROOT], expected,
-                              progress=progress, cancel_check=cancel_check, options=options,
-                              opened=opened)
-        guard.restore()
-        guard.close()
-        guard = None
-        steps: dict[str, Any] = {"write": report.as_dict(), "partitions": layout}
-        if data is not None:
-            from agent.imaging import configdrive
-            steps["configdrive"] = configdrive.write_configdrive(
-                device, data, partition=layout[partition_image.CONFIGDRIVE])
-        state.partition_uuids = partition_image.partition_uuids(layout)
-        return steps
-    except BaseException as exc:
-        if guard is not None:
-            guard.close()
-        outcome = wipe_edges(device)
-        LOG.error("partition image deploy to %s failed: %s; %s", device, exc, outcome)
+        return self
+
+    def restore_table(self) -> None:
+        """Step 5: the root is on disk and its checksum passed; the table goes back."""
+        if self._guard is not None:
+            self._guard.restore()
+            self._guard.close()
+            self._guard = None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
+            return
+        self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+        outcome = wipe_edges(self.device)
+        LOG.error("partition image deploy to %s failed: %s; %s", self.device, exc, outcome)
         if isinstance(exc, AgentError) and outcome not in exc.details:
             exc.details = f"{exc.details}; {outcome}"
         elif not isinstance(exc, AgentError) and isinstance(exc, Exception):
             raise DeploymentError(f"partition image deploy failed: {type(exc).__name__}: "
                                   f"{exc}; {outcome}") from exc
-        raise
-

@@ -1,62 +1,68 @@
-"""The byte path, in one place: URL → hash → decompress → disk.
+"""The byte path: an opened image's bytes → hash → [decompress] → writer.
 
-    source (HTTP, resumable)      agent/imaging/source.py
+    source (HTTP, resumable)           agent/imaging/source.py
+      → head (first bytes, inspected)  agent/imaging/head.py
       → hash (of the bytes as served, which is what the checksum covers)
       → decompress (sniffed by magic)  agent/imaging/decompress.py
-      → writer (head last, zero runs punched)  agent/imaging/writer.py
+      → writer (head held back, zero runs punched)  agent/imaging/writer.py
+        or → stage → qemu-img          agent/imaging/nonraw.py
+      → head → verify                  agent/imaging/verify.py
 
+This module runs the stages up to the writer and checks the checksum;
+``deploy.stream_image`` composes the whole sequence and its failure policy.
 Each arrow is a bounded hand-off between threads (agent/imaging/plumbing.py),
-so receiving, hashing, decompressing and writing overlap.  Nothing is
-written until the first bytes have been inspected; the first MiB reaches the
-disk only after the checksum matched.
+so receiving, hashing, decompressing and writing overlap.  Buffers go back to
+the pool they came from once the last stage is done with them:
+
+    image       input pool (head.IN_BUFFERS)     output pool (OUT_BUFFERS)
+    raw         the writer returns them          -
+    gzip/zstd   _PipeReader returns them         the writer returns them
+    xz          _PipeReader returns them, via a  the writer returns them
+                feeder thread into ``xz -T0``
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import AgentError, ImageChecksumError, ImageDownloadError, InvalidImage
-from agent.imaging import decompress, plumbing
+from agent.errors import ImageChecksumError, InvalidImage
+from agent.imaging import decompress, head, plumbing
 from agent.imaging.checksum import Expected
+from agent.imaging.head import OpenedImage
 from agent.imaging.source import HTTPSource, RestartFromZero
 from agent.imaging.writer import DeviceWriter
 from agent.progress import Progress
 
 LOG = logging.getLogger(__name__)
 LOG_EVERY_S = 5.0
-# 4 x 2 MiB in flight kept throughput level with 4 x 4 MiB on this machine while
-# holding the agent's peak RSS near 62 MiB (bench/stream.py)
-IN_BUFFERS = 4
+# a stream that moved no byte for this long logs where every thread waits
+STALL_S = 120.0
 # decompressed output is produced in one thread and written in another; two
 # 1 MiB buffers keep both busy (measured) at a quarter of the input's memory
 OUT_BUFFERS = 2
 OUT_BUFFER_SIZE = 1 << 20
-# format inspection needs this much of the head (vhdx metadata sits at 3 MiB)
-PEEK_BYTES = 8 << 20
 
 
 @dataclasses.dataclass
 class StreamOptions:
+    # performance
     direct: bool = True
     zero_skip: bool = True
+    # safety: read the disk back; download again after a checksum mismatch
     verify_after_write: bool = False
     checksum_retries: int = 1
-    # called with the opened image before anything is written; raises to refuse
-    inspect_head: Callable[[OpenedImage], None] | None = None
     # where the bytes go: at ``base`` on the device, at most ``limit`` bytes,
     # and whether the first MiB is held back until the checksum has passed
     base: int = 0
     limit: int | None = None
     hold_head: bool = True
-    # runs after the checksum passed and the body is on disk, before the head
-    after_body: Callable[[DeviceWriter], None] | None = None
 
 
 @dataclasses.dataclass
@@ -138,13 +144,13 @@ class _Attempt:
         out_pool = plumbing.Pool(OUT_BUFFERS, OUT_BUFFER_SIZE)
         to_write = plumbing.Pipe(abort)
         reader = _PipeReader(to_next, self.pool)
-        self.decompressor = decompress.open_decompressor(self.kind, reader.read)
+        decompressor = self.decompressor = decompress.open_decompressor(self.kind, reader.read)
 
         def decompress_stage() -> None:
             try:
                 while True:
                     buf = out_pool.get(abort)
-                    n = buf.n = self.decompressor.readinto(buf.view)
+                    n = buf.n = decompressor.readinto(buf.view)
                     if n:
                         to_write.put(buf)       # the writer owns buf from here on
                     else:
@@ -157,7 +163,7 @@ class _Attempt:
                     raise InvalidImage(f"{self.kind} image has data after the end of the "
                                        "compressed stream")
             finally:
-                close = getattr(self.decompressor, "close", None)
+                close = getattr(decompressor, "close", None)
                 if close is not None:
                     close()
             to_write.close()
@@ -193,186 +199,89 @@ class _PipeReader:
         return b""
 
 
-class OpenedImage:
-    """The first bytes of an image, read before the disk is touched."""
+def stream_body(opened: OpenedImage, writer: DeviceWriter, expected: Expected, *,
+                progress: Progress | None = None,
+                cancel_check: Callable[[], None] = lambda: None,
+                checksum_retries: int = 1) -> StreamReport:
+    """Stream the image into ``writer`` until its checksum passed; flush the body.
 
-    def __init__(self, pool: plumbing.Pool, firsts: list[plumbing.Buffer],
-                 compression: str | None) -> None:
-        self.pool = pool
-        self.firsts = firsts
-        self.compression = compression
-        self._head = bytearray()        # decompressed head, grown on demand
-        self._inflater: decompress.Decompressor | None = None
-        self._fed = 0
-        self._exhausted = False
-
-    def _raw(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        pos = 0
-        for buf in self.firsts:
-            if offset < pos + buf.n and offset + length > pos:
-                lo = max(offset, pos) - pos
-                hi = min(offset + length, pos + buf.n) - pos
-                out += buf.view[lo:hi]
-            pos += buf.n
-        return bytes(out)
-
-    def _feed(self, n: int) -> bytes:
-        data = self._raw(self._fed, n)
-        self._fed += len(data)
-        return data
-
-    def drop_head(self) -> None:
-        """Inspection is over: free the inflated head and its decompressor."""
-        self._head = bytearray()
-        self._inflater = None
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        """Random access to the (decompressed) head, for format inspection."""
-        if self.compression is None:
-            return self._raw(offset, length)
-        if self._inflater is None:
-            self._inflater = decompress.Decompressor(self.compression, self._feed)
-        want = min(offset + length, PEEK_BYTES)
-        chunk = bytearray(256 << 10)
-        while len(self._head) < want and not self._exhausted:
-            try:
-                n = self._inflater.readinto(memoryview(chunk))
-            except InvalidImage:
-                n = 0  # the head may end mid-stream; the full pass judges the image
-            self._head += chunk[:n]
-            self._exhausted = n < len(chunk)
-        return bytes(self._head[offset:offset + length])
-
-
-def open_image(source: HTTPSource, peek: int = PEEK_BYTES) -> OpenedImage:
-    """Connect and read up to ``peek`` bytes; nothing is written yet."""
-    source.open()
-    for _ in range(source.retries + 1):
-        try:
-            return _read_firsts(source, peek)
-        except RestartFromZero:
-            continue  # the server cannot resume; peek again from byte 0
-    raise ImageDownloadError(f"{source.url} kept restarting from byte 0 while the image "
-                             "head was read")
-
-
-def _read_firsts(source: HTTPSource, peek: int = plumbing.BUFFER_SIZE) -> OpenedImage:
-    pool = plumbing.Pool(IN_BUFFERS)
-    never = threading.Event()
-    firsts: list[plumbing.Buffer] = []
-    while sum(b.n for b in firsts) < peek and len(firsts) < IN_BUFFERS:
-        buf = pool.get(never)
-        plumbing.fill(source.readinto, buf)
-        firsts.append(buf)
-        if buf.n < len(buf.view):
-            break
-    compression = decompress.sniff(bytes(firsts[0].data[:8])) if firsts else None
-    return OpenedImage(pool, firsts, compression)
-
-
-def stream_image(source: HTTPSource, device: str, expected: Expected, *,
-                 progress: Progress | None = None,
-                 cancel_check: Callable[[], None] = lambda: None,
-                 options: StreamOptions | None = None,
-                 opened: OpenedImage | None = None) -> StreamReport:
-    """Write the image behind ``source`` onto ``device``; raise with the disk wiped."""
-    opts = options or StreamOptions()
+    The writer's held head is left for the caller to write.  On a restart from
+    byte 0 or a checksum mismatch the writer is rewound (the disk wiped again)
+    and the image is read once more.
+    """
     progress = progress or Progress()
+    source = opened.source
     started = time.monotonic()
-    if opened is None:
-        progress.update(phase="connect", unit="bytes")
-        opened = open_image(source)
-        if opts.inspect_head is not None:
-            opts.inspect_head(opened)   # raises before the disk is touched
     opened.drop_head()
+    checksum_failures = 0
+    while True:
+        attempt = _Attempt(source, writer, expected, opened)
+        stages = plumbing.Stages()
+        watch = StallWatch(logged_at=time.monotonic())
 
-    writer = DeviceWriter(device, direct=opts.direct, zero_skip=opts.zero_skip,
-                          hash_output="sha256" if opts.verify_after_write else None,
-                          base=opts.base, hold_head=opts.hold_head, limit=opts.limit)
-    attempt: _Attempt | None = None
-    try:
-        writer.begin()
-        checksum_failures = 0
-        while True:
-            attempt = _Attempt(source, writer, expected, opened)
-            stages = plumbing.Stages()
-            last_log = [time.monotonic()]
+        def tick(a: _Attempt = attempt, w: StallWatch = watch) -> None:
+            cancel_check()
+            _report(progress, source, a, writer, w)
 
-            def tick(a: _Attempt = attempt, stamp: list[float] = last_log) -> None:
-                cancel_check()
-                _report(progress, source, a, writer, stamp)
-
-            try:
-                progress.update(phase="write", total=source.total)
-                attempt.run(stages)
-                stages.join(tick)
-            except RestartFromZero:
-                writer.rewind()
-                opened = _read_firsts(source)
-                continue
-            _report(progress, source, attempt, writer, last_log, force=True)
-            try:
-                expected.check(attempt.hasher.hexdigest())
-            except ImageChecksumError:
-                checksum_failures += 1
-                if checksum_failures > opts.checksum_retries:
-                    raise
-                LOG.warning("checksum mismatch; downloading the whole image once more")
-                writer.rewind()     # wiped again before a single byte of the next pass
-                source.reopen()
-                opened = _read_firsts(source)
-                continue
-            break
-        progress.update(phase="sync", done=0, total=None)
-        writer.finish_body()
-        if opts.after_body is not None:
-            opts.after_body(writer)     # e.g. qemu-img converting the staged image
-        writer.write_head()
-        verified = False
-        if opts.verify_after_write:
-            progress.update(phase="verify", done=0, total=writer.position)
-            verify_device(device, writer.position, writer.output_digest or "", progress,
-                          cancel_check)
-            verified = True
-    except BaseException as exc:
-        state = writer.abort()
-        LOG.error("image write to %s failed: %s; %s", device, exc, state)
-        if isinstance(exc, AgentError):
-            exc.details = f"{exc.details}; {state}"
-        raise
-    finally:
-        writer.close()
-        source.close()
+        try:
+            progress.update(phase="write", total=source.total)
+            attempt.run(stages)
+            stages.join(tick)
+        except RestartFromZero:
+            writer.rewind()
+            opened = head.read_start(source)
+            continue
+        _report(progress, source, attempt, writer, watch, force=True)
+        try:
+            expected.check(attempt.hasher.hexdigest())
+        except ImageChecksumError:
+            checksum_failures += 1
+            if checksum_failures > checksum_retries:
+                raise
+            LOG.warning("checksum mismatch; downloading the whole image once more")
+            writer.rewind()     # wiped again before a single byte of the next pass
+            source.reopen()
+            opened = head.read_start(source)
+            continue
+        break
+    progress.update(phase="sync", done=0, total=None)
+    writer.finish_body()
     return StreamReport(
-        device=device, image_bytes=writer.position, received_bytes=source.received,
-        compression=attempt.kind if attempt else None, digest=attempt.hasher.hexdigest()
-        if attempt else "", algo=expected.algo, seconds=round(time.monotonic() - started, 3),
-        write_path="O_DIRECT" if opts.direct else "buffered",
-        zero_path=writer.zero_path if opts.zero_skip else "write",
+        device=writer.device, image_bytes=writer.position, received_bytes=source.received,
+        compression=attempt.kind, digest=attempt.hasher.hexdigest(), algo=expected.algo,
+        seconds=round(time.monotonic() - started, 3),
+        write_path="O_DIRECT" if writer.direct else "buffered",
+        zero_path=writer.zero_path if writer.zero_skip else "write",
         zeroed_bytes=writer.bytes_zeroed, resumes=source.resumes, restarts=source.restarts,
-        verified_after_write=verified)
+        verified_after_write=False)
 
 
-STALL_S = 120.0
+@dataclasses.dataclass
+class StallWatch:
+    """When the stream last logged, and when it last moved a byte."""
+
+    logged_at: float
+    moved: tuple[int, int] | None = None    # (received, written) when last seen to change
+    moved_at: float = 0.0
+    warned: bool = False
 
 
 def _report(progress: Progress, source: HTTPSource, attempt: _Attempt, writer: DeviceWriter,
-            last_log: list[float], force: bool = False) -> None:
+            watch: StallWatch, force: bool = False) -> None:
     progress.update(done=source.received, total=source.total,
                     bytes_received=source.received, bytes_written=writer.position,
                     compression=attempt.kind)
     now = time.monotonic()
     moved = (source.received, writer.position)
-    if len(last_log) < 3 or last_log[1] != moved:
-        last_log[1:] = [moved, now, False]
-    elif not last_log[3] and now - last_log[2] > STALL_S:
+    if watch.moved != moved:
+        watch.moved, watch.moved_at, watch.warned = moved, now, False
+    elif not watch.warned and now - watch.moved_at > STALL_S:
         # a stuck stage is otherwise invisible: say where every thread waits, once
-        last_log[3] = True
+        watch.warned = True
         LOG.warning("image stream made no progress for %.0fs; thread stacks:\n%s",
-                    now - last_log[2], _thread_stacks())
-    if force or now - last_log[0] >= LOG_EVERY_S:
-        last_log[0] = now
+                    now - watch.moved_at, _thread_stacks())
+    if force or now - watch.logged_at >= LOG_EVERY_S:
+        watch.logged_at = now
         snap = progress.snapshot()
         LOG.info("image: received %d of %s bytes, written %d, %.1f MB/s",
                  source.received, source.total or "?", writer.position,
@@ -380,34 +289,6 @@ def _report(progress: Progress, source: HTTPSource, attempt: _Attempt, writer: D
 
 
 def _thread_stacks() -> str:
-    import sys
-    import traceback
     names = {t.ident: t.name for t in threading.enumerate()}
     return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
                      for ident, frame in sys._current_frames().items())
-
-
-def verify_device(device: str, length: int, digest: str, progress: Progress,
-                  cancel_check: Callable[[], None]) -> None:
-    """Re-read what was written with O_DIRECT, so the page cache cannot answer."""
-    h = hashlib.sha256()
-    buf = plumbing.Buffer(plumbing.BUFFER_SIZE)
-    fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
-    try:
-        done = 0
-        while done < length:
-            cancel_check()
-            want = min(len(buf.view), length - done)
-            aligned = (want + 4095) // 4096 * 4096
-            n = os.preadv(fd, [buf.view[:aligned]], done)
-            if n <= 0:
-                raise ImageChecksumError(f"{device} ended at byte {done} while verifying")
-            n = min(n, want)
-            h.update(buf.view[:n])
-            done += n
-            progress.update(done=done)
-    finally:
-        os.close(fd)
-    if h.hexdigest() != digest:
-        raise ImageChecksumError(f"read-back verification of {device} failed: the disk holds "
-                                 "different bytes than were written")

@@ -3,7 +3,8 @@
 Order: wipe the MBR and both GPT copies; write everything but the image's
 first MiB; let the caller finish verifying the checksum; write the first MiB
 last; fsync.  On any failure ``abort`` wipes the partition tables again, so
-the disk cannot boot a partial image.  Zero runs are turned into
+the disk cannot boot a partial image; used as a context manager, the writer
+does that itself when the block raises.  Zero runs are turned into
 ``fallocate(PUNCH_HOLE|KEEP_SIZE)``, which the kernel maps to a no-fallback
 zero-out; devices that cannot do that get the zeros written.
 """
@@ -16,9 +17,10 @@ import hashlib
 import logging
 import mmap
 import os
+from types import TracebackType
 
 from agent.disk import blockdev
-from agent.errors import ImageWriteError, UnsafeDevice
+from agent.errors import AgentError, ImageWriteError, UnsafeDevice
 
 LOG = logging.getLogger(__name__)
 HEAD = 1 << 20
@@ -144,16 +146,29 @@ class DeviceWriter:
             except OSError:
                 pass
 
+    def __enter__(self) -> DeviceWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """On an error, wipe what was written and add that to the error; always close.
+
+        A normal exit does nothing more: the caller writes the head explicitly.
+        """
+        try:
+            if exc is not None:
+                state = self.abort()
+                LOG.error("image write to %s failed: %s; %s", self.device, exc, state)
+                if isinstance(exc, AgentError):
+                    exc.details = f"{exc.details}; {state}"
+        finally:
+            self.close()
+
     # -- internals ------------------------------------------------------------------------
     def _wipe_tables(self, extra_end: int | None = None) -> None:
-        regions = [(0, min(WIPE, self.size)), (max(0, self.size - WIPE), self.size)]
-        if extra_end and extra_end < self.size:
-            # a GPT image's backup header sits at the end of the *image*
-            regions.append((max(0, extra_end - WIPE), extra_end))
-        zeros = bytes(WIPE)
-        for start, end in regions:
-            os.pwrite(self.plain_fd, zeros[:end - start], start)
-        os.fsync(self.plain_fd)
+        # a GPT image's backup header sits at the end of the *image*
+        ends = [extra_end] if extra_end and extra_end < self.size else []
+        blockdev.zero_edges(self.plain_fd, self.size, edge=WIPE, extra_ends=ends)
 
     def _write_body(self, start: int, data: memoryview) -> None:
         if not self.zero_skip:

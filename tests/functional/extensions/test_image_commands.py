@@ -140,7 +140,8 @@ def test_deploy_steps_list_write_image(agent):
     assert "hardware_manager_version" in body["command_result"]
 
 
-def test_qcow2_deploys_through_staging(agent, image_server, loop_disk, tmp_path):
+@pytest.mark.parametrize("verify", [False, True])
+def test_qcow2_deploys_through_staging(agent, image_server, loop_disk, tmp_path, verify):
     _, client = agent
     qcow = tmp_path / "x.qcow2"
     raw = tmp_path / "x.raw"
@@ -154,9 +155,11 @@ def test_qcow2_deploys_through_staging(agent, image_server, loop_disk, tmp_path)
     status, body = post(client, "standby.prepare_image",
                         {"image_info": info(image_server, qcow.read_bytes(),
                                             disk_format="qcow2"),
-                         "node": node_for(loop_disk)})
+                         "node": node_for(loop_disk), "verify_after_write": verify})
     assert body["command_status"] == "SUCCEEDED", body["command_error"]
     assert body["command_result"]["write"]["image_format"] == "qcow2"
+    # the staged download is what can be read back; qemu-img's output has no digest to meet
+    assert body["command_result"]["write"]["verified_after_write"] is verify
     with open(loop_disk, "rb") as f:
         disk = f.read(16 * MiB)
     assert disk[MiB:15 * MiB] == raw.read_bytes()[MiB:15 * MiB]

@@ -20,13 +20,6 @@ LIMIT = 4 << 20
 
 
 @pytest.fixture
-def server():
-    s = FaultServer().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def tls_server(tmp_path):
     s = FaultServer(tls_dir=str(tmp_path)).start()
     yield s

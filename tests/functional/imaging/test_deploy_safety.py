@@ -22,7 +22,6 @@ from agent.disk.partition_table import read_table
 from agent.extensions import load_extensions
 from agent.state import AgentState
 from tests.conftest import requires_loop
-from tests.functional.imaging.faults import FaultServer
 
 pytestmark = requires_loop
 MiB = 1 << 20
@@ -46,13 +45,6 @@ def make_agent(**flags):
 @pytest.fixture
 def agent():
     return make_agent()
-
-
-@pytest.fixture
-def server():
-    s = FaultServer().start()
-    yield s
-    s.stop()
 
 
 def post(client, name, params):

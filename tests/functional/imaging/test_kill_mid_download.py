@@ -6,12 +6,10 @@ import hashlib
 import os
 import signal
 
-import pytest
 import requests
 
 from agent.disk.partition_table import read_table
 from tests.conftest import requires_loop
-from tests.functional.imaging.faults import FaultServer
 from tests.functional.imaging.test_deploy_safety import (
     STALL_AT,
     assert_no_table,
@@ -25,13 +23,6 @@ from tests.functional.test_agent_process import Agent
 
 pytestmark = requires_loop
 MiB = 1 << 20
-
-
-@pytest.fixture
-def server():
-    s = FaultServer().start()
-    yield s
-    s.stop()
 
 
 def kill_when_stalled(tmp_path, server, dev, image_info, streaming=lambda: None) -> None:

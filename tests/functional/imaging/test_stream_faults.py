@@ -9,21 +9,14 @@ import pytest
 from agent.disk.partition_table import read_table
 from agent.errors import ImageChecksumError, ImageDownloadError
 from agent.imaging.checksum import Expected
+from agent.imaging.deploy import stream_image
+from agent.imaging.head import open_image
 from agent.imaging.source import HTTPSource
-from agent.imaging.stream import stream_image
 from tests.conftest import requires_loop
-from tests.functional.imaging.faults import FaultServer
 from tests.functional.imaging.test_stream_image import make_gpt_image, sha256
 
 pytestmark = requires_loop
 MiB = 1 << 20
-
-
-@pytest.fixture
-def server():
-    s = FaultServer().start()
-    yield s
-    s.stop()
 
 
 def source(server, name: str = "image.raw", **kw) -> HTTPSource:
@@ -65,7 +58,7 @@ def test_failed_second_pass_leaves_no_backup_gpt(tmp_path, server, loop_disk):
         original(h)
     server._handle = handle
     with pytest.raises(ImageDownloadError) as exc:
-        stream_image(source(server), loop_disk, Expected("sha256", "2" * 64, "t"))
+        stream_image(open_image(source(server)), loop_disk, Expected("sha256", "2" * 64, "t"))
     assert "404" in exc.value.details
     assert server.count("image.raw") == 3
     assert read_table(loop_disk).kind is None
@@ -80,7 +73,7 @@ def test_nothing_bootable_while_the_second_pass_runs(tmp_path, server, loop_disk
 
     def run() -> None:
         try:
-            stream_image(source(server), loop_disk, Expected("sha256", "3" * 64, "t"))
+            stream_image(open_image(source(server)), loop_disk, Expected("sha256", "3" * 64, "t"))
         except ImageChecksumError as exc:
             result["error"] = exc
 
@@ -114,7 +107,7 @@ def test_server_that_cuts_every_response_at_the_same_byte_fails_clearly(tmp_path
     server.ranges = False
     server.cut_every_at = 13 * MiB + 5       # past the 8 MiB read for inspection
     with pytest.raises(ImageDownloadError) as exc:
-        stream_image(source(server, retries=3), loop_disk, sha256(image))
+        stream_image(open_image(source(server, retries=3)), loop_disk, sha256(image))
     assert "restart" in exc.value.details and "404" not in exc.value.details
     # the first request, ``retries`` restarts, and the one that was refused
     assert server.count("image.raw") <= 1 + 3 + 1
@@ -129,7 +122,7 @@ def test_resumes_that_bring_nothing_new_are_bounded_by_time(tmp_path, server, lo
     server.throttle_s = 0.01
     src = source(server, retries=50, stall_limit=0.5)
     with pytest.raises(ImageDownloadError) as exc:
-        stream_image(src, loop_disk, sha256(image))
+        stream_image(open_image(src), loop_disk, sha256(image))
     assert "no new data" in exc.value.details
     assert read_table(loop_disk).kind is None
 

@@ -24,8 +24,10 @@ from agent.errors import (
     UnsafeDevice,
 )
 from agent.imaging.checksum import Expected
+from agent.imaging.deploy import stream_image
+from agent.imaging.head import open_image
 from agent.imaging.source import HTTPSource
-from agent.imaging.stream import StreamOptions, stream_image
+from agent.imaging.stream import StreamOptions
 from agent.progress import Progress
 from tests.conftest import requires_loop
 
@@ -78,7 +80,7 @@ def image(tmp_path):
 
 def test_raw_image_lands_byte_for_byte(image, image_server, loop_disk):
     image_server.files["image.raw"] = image
-    report = stream_image(source(image_server), loop_disk, sha256(image))
+    report = stream_image(open_image(source(image_server)), loop_disk, sha256(image))
     assert device_bytes(loop_disk, len(image)) == image
     assert report.digest == hashlib.sha256(image).hexdigest()
     assert report.image_bytes == len(image)
@@ -93,7 +95,7 @@ def test_zero_runs_are_written_when_skipping_is_off(image, image_server, loop_di
     with open(loop_disk, "r+b") as f:         # stale bytes that must not survive
         f.seek(8 * MiB)
         f.write(b"\xff" * MiB)
-    report = stream_image(source(image_server), loop_disk, sha256(image),
+    report = stream_image(open_image(source(image_server)), loop_disk, sha256(image),
                           options=StreamOptions(zero_skip=False, direct=False))
     assert report.zero_path == "write" and report.zeroed_bytes == 0
     assert device_bytes(loop_disk, len(image)) == image
@@ -104,7 +106,7 @@ def test_punched_zero_runs_overwrite_stale_data(image, image_server, loop_disk):
     with open(loop_disk, "r+b") as f:
         f.seek(8 * MiB)
         f.write(b"\xff" * MiB)
-    stream_image(source(image_server), loop_disk, sha256(image))
+    stream_image(open_image(source(image_server)), loop_disk, sha256(image))
     assert device_bytes(loop_disk, len(image))[8 * MiB:9 * MiB] == bytes(MiB)
 
 
@@ -114,7 +116,7 @@ def test_punched_zero_runs_overwrite_stale_data(image, image_server, loop_disk):
 def test_compressed_images(kind, compress, image, image_server, loop_disk):
     blob = compress(image)
     image_server.files["image.raw.x"] = blob
-    report = stream_image(source(image_server, "image.raw.x"), loop_disk, sha256(blob))
+    report = stream_image(open_image(source(image_server, "image.raw.x")), loop_disk, sha256(blob))
     assert report.compression == kind
     assert device_bytes(loop_disk, len(image)) == image
     assert report.received_bytes == len(blob)
@@ -124,7 +126,7 @@ def test_checksum_mismatch_leaves_no_partition_table(image, image_server, loop_d
     image_server.files["image.raw"] = image
     wrong = Expected("sha256", "0" * 64, "test")
     with pytest.raises(ImageChecksumError) as exc:
-        stream_image(source(image_server), loop_disk, wrong)
+        stream_image(open_image(source(image_server)), loop_disk, wrong)
     assert "without a partition table" in exc.value.details
     assert_unbootable(loop_disk)
     # the image's own backup GPT (at the image end) must not survive either
@@ -135,7 +137,7 @@ def test_checksum_mismatch_leaves_no_partition_table(image, image_server, loop_d
 def test_checksum_mismatch_downloads_once_more_then_fails(image, image_server, loop_disk):
     image_server.files["image.raw"] = image
     with pytest.raises(ImageChecksumError):
-        stream_image(source(image_server), loop_disk, Expected("sha256", "1" * 64, "t"))
+        stream_image(open_image(source(image_server)), loop_disk, Expected("sha256", "1" * 64, "t"))
     assert len([e for e in image_server.log if e["path"] == "image.raw"]) == 2
 
 
@@ -146,7 +148,7 @@ def test_truncated_and_trailing_garbage_fail(kind, compress, image, image_server
     for name, data in (("trunc", blob[:-100]), ("garbage", blob + b"garbage" * 10)):
         image_server.files[name] = data
         with pytest.raises(InvalidImage) as exc:
-            stream_image(source(image_server, name), loop_disk, sha256(data))
+            stream_image(open_image(source(image_server, name)), loop_disk, sha256(data))
         assert ("truncated" if name == "trunc" else "trailing garbage") in exc.value.details
         assert_unbootable(loop_disk)
 
@@ -156,7 +158,7 @@ def test_dropped_connection_resumes_with_range(offsets, image, image_server, loo
     image_server.files["image.raw"] = image
     image_server.drop_at = list(offsets)
     src = source(image_server)
-    report = stream_image(src, loop_disk, sha256(image))
+    report = stream_image(open_image(src), loop_disk, sha256(image))
     assert device_bytes(loop_disk, len(image)) == image
     assert report.resumes == len(offsets) and report.restarts == 0
     ranged = [e for e in image_server.log if e["range"]]
@@ -168,7 +170,7 @@ def test_server_without_range_restarts_from_zero(image, image_server, loop_disk)
     image_server.files["image.raw"] = image
     image_server.ranges = False
     image_server.drop_at = [7 * MiB + 5]
-    report = stream_image(source(image_server), loop_disk, sha256(image))
+    report = stream_image(open_image(source(image_server)), loop_disk, sha256(image))
     assert device_bytes(loop_disk, len(image)) == image
     assert report.restarts == 1 and report.resumes == 0
     assert report.digest == hashlib.sha256(image).hexdigest()
@@ -182,14 +184,14 @@ def test_changed_file_is_not_spliced(image, image_server, loop_disk):
         image_server.etag = '"v2"'
     threading.Timer(0, change_etag).start()
     time.sleep(0.05)
-    report = stream_image(source(image_server), loop_disk, sha256(image))
+    report = stream_image(open_image(source(image_server)), loop_disk, sha256(image))
     assert device_bytes(loop_disk, len(image)) == image
     assert report.restarts + report.resumes == 1
 
 
 def test_404_is_not_retried(image_server, loop_disk):
     with pytest.raises(ImageDownloadError) as exc:
-        stream_image(source(image_server, "missing"), loop_disk, sha256(b""))
+        stream_image(open_image(source(image_server, "missing")), loop_disk, sha256(b""))
     assert "404" in exc.value.details
     assert len(image_server.log) == 1
 
@@ -197,7 +199,7 @@ def test_404_is_not_retried(image_server, loop_disk):
 def test_503_then_200_is_retried(image, image_server, loop_disk):
     image_server.files["image.raw"] = image
     image_server.statuses = [503, 503]
-    stream_image(source(image_server), loop_disk, sha256(image))
+    stream_image(open_image(source(image_server)), loop_disk, sha256(image))
     assert [e["status"] for e in image_server.log] == [503, 503, 200]
     assert device_bytes(loop_disk, len(image)) == image
 
@@ -205,7 +207,7 @@ def test_503_then_200_is_retried(image, image_server, loop_disk):
 def test_retries_are_bounded(image_server, loop_disk):
     image_server.statuses = [503] * 10
     with pytest.raises(ImageDownloadError):
-        stream_image(source(image_server, retries=2), loop_disk, sha256(b""))
+        stream_image(open_image(source(image_server, retries=2)), loop_disk, sha256(b""))
     assert len(image_server.log) == 3
 
 
@@ -213,7 +215,7 @@ def test_second_url_is_tried_after_a_404(image, image_server, loop_disk):
     image_server.files["image.raw"] = image
     src = HTTPSource([f"{image_server.url}/gone", f"{image_server.url}/image.raw"],
                      retries=1, retry_interval=0.01, timeout=5)
-    stream_image(src, loop_disk, sha256(image))
+    stream_image(open_image(src), loop_disk, sha256(image))
     assert device_bytes(loop_disk, len(image)) == image
 
 
@@ -228,7 +230,7 @@ def test_cancel_mid_write_leaves_disk_unbootable(image, image_server, loop_disk)
             raise Cancelled("cancelled by test")
     threading.Timer(2.5, cancel.set).start()   # after the 8 MiB head was inspected
     with pytest.raises(Cancelled) as exc:
-        stream_image(source(image_server), loop_disk, sha256(image), progress=progress,
+        stream_image(open_image(source(image_server)), loop_disk, sha256(image), progress=progress,
                      cancel_check=check)
     assert "will not boot" in exc.value.details
     assert 0 < progress.snapshot()["done"] < len(image)
@@ -247,7 +249,7 @@ def test_progress_rises_while_writing(image, image_server, loop_disk):
             seen.append(progress.snapshot())
             time.sleep(0.05)
     threading.Thread(target=watch, daemon=True).start()
-    stream_image(source(image_server), loop_disk, sha256(image), progress=progress)
+    stream_image(open_image(source(image_server)), loop_disk, sha256(image), progress=progress)
     done.set()
     writes = [s["done"] for s in seen if s["phase"] == "write"]
     assert len(set(writes)) >= 3 and writes == sorted(writes)
@@ -257,7 +259,7 @@ def test_progress_rises_while_writing(image, image_server, loop_disk):
 
 def test_verify_after_write(image, image_server, loop_disk):
     image_server.files["image.raw"] = image
-    report = stream_image(source(image_server), loop_disk, sha256(image),
+    report = stream_image(open_image(source(image_server)), loop_disk, sha256(image),
                           options=StreamOptions(verify_after_write=True))
     assert report.verified_after_write
 
@@ -296,7 +298,7 @@ def test_image_larger_than_device_fails_and_wipes(image_server, make_loop):
     big = os.urandom(9 * MiB)
     image_server.files["big"] = big
     with pytest.raises(Exception) as exc:
-        stream_image(source(image_server, "big"), dev, sha256(big))
+        stream_image(open_image(source(image_server, "big")), dev, sha256(big))
     assert "larger than" in str(exc.value)
     assert_unbootable(dev)
 
@@ -330,7 +332,7 @@ def test_a_stage_never_judges_a_buffer_after_handing_it_on(kind, compress, image
         if time.monotonic() > deadline:
             raise Cancelled("the pipeline stalled")
 
-    report = stream_image(source(image_server, "image.bin"), loop_disk,
+    report = stream_image(open_image(source(image_server, "image.bin")), loop_disk,
                           sha256(image_server.files["image.bin"]),
                           cancel_check=give_up_instead_of_hanging)
     assert report.compression == kind
@@ -350,6 +352,6 @@ def test_no_buffer_outlives_the_write(compress, image, image_server, loop_disk):
     blob = compress(image) if compress else image
     image_server.files["image.bin"] = blob
     for _ in range(2):
-        stream_image(source(image_server, "image.bin"), loop_disk, sha256(blob))
+        stream_image(open_image(source(image_server, "image.bin")), loop_disk, sha256(blob))
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, plumbing.Buffer)] == []

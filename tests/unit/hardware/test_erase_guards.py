@@ -1,8 +1,9 @@
-"""In-use detection from sysfs/procfs-shaped trees (md and dm are absent here)."""
+"""The erase guards' reasons, from sysfs/procfs-shaped trees (md and dm are absent here)."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 from agent.hardware import erase_guards
 from agent.hardware.disks import Disk, Partition
@@ -15,49 +16,36 @@ MOUNTINFO = """\
 """
 
 
-def test_mountinfo_devnos(tmp_path):
-    write(tmp_path / "proc/self/mountinfo", MOUNTINFO)
-    assert erase_guards.mounted_devnos(str(tmp_path)) == {(0, 21), (254, 0), (8, 1)}
-
-
-def test_open_devnos_skips_what_cannot_be_read(tmp_path):
-    real_block = next(os.path.join("/dev", n) for n in sorted(os.listdir("/sys/block"))
-                      if os.path.exists(os.path.join("/dev", n)))
-    st = os.stat(real_block)
-    fd_dir = tmp_path / "proc/4242/fd"
-    fd_dir.mkdir(parents=True)
-    write(tmp_path / "proc/4242/comm", "qemu-img\n")
-    os.symlink(real_block, fd_dir / "5")
-    os.symlink("/dev/null", fd_dir / "0")                     # not a block device
-    os.symlink("/nonexistent/gone", fd_dir / "7")             # vanished: skipped
-    write(tmp_path / "proc/4343/fd", "not a directory")        # unreadable: skipped
-    udev = tmp_path / "proc/99/fd"                              # udev probing after a write
-    udev.mkdir(parents=True)
-    write(tmp_path / "proc/99/comm", "(udev-worker)\n")
-    os.symlink(real_block, udev / "9")
-    (tmp_path / "proc/self").mkdir()
-    found = erase_guards.open_devnos(str(tmp_path))
-    assert found == {(os.major(st.st_rdev), os.minor(st.st_rdev)): {"4242 (qemu-img)"}}
-
-
-def test_holders_of_disk_and_partition_are_reasons(tmp_path):
+def test_every_use_of_disk_and_partitions_is_a_reason(tmp_path):
+    # mount/swap/open parsing itself is tested in tests/unit/disk/test_usage.py
     root = server_tree(tmp_path)
     sdc = (root / "sys/block/sdc").resolve()
     sda = (root / "sys/block/sda").resolve()
     (sda / "sda2" / "holders").mkdir(parents=True)
-    os.symlink("../../../../../../../../virtual/block/dm-0", sda / "sda2" / "holders" / "dm-0")
-    usage = erase_guards.UsageSnapshot.__new__(erase_guards.UsageSnapshot)
-    usage.mounted, usage.swaps, usage.opened = {(8, 1)}, {(8, 3)}, {(8, 0): {"77 (dd)"}}
+    dm = (root / "sys/block/dm-0").resolve()
+    os.symlink(os.path.relpath(dm, sda / "sda2" / "holders"), sda / "sda2" / "holders" / "dm-0")
+    write(root / "proc/self/mountinfo", MOUNTINFO)
+    (root / "dev").mkdir()
+    os.mknod(root / "dev/sda", 0o600 | stat.S_IFBLK, os.makedev(8, 0))
+    os.mknod(root / "dev/sda3", 0o600 | stat.S_IFBLK, os.makedev(8, 3))
+    write(root / "proc/swaps", "Filename Type Size Used Priority\n"
+                               "/dev/sda3 partition 8 0 -2\n")
+    for pid, comm in ((77, "dd"), (78, "systemd-udevd")):
+        (root / f"proc/{pid}/fd").mkdir(parents=True)
+        write(root / f"proc/{pid}/comm", comm + "\n")
+        os.symlink(root / "dev/sda", root / f"proc/{pid}/fd/4")
+    usage = erase_guards.UsageSnapshot(str(root))
 
-    member = Disk(name="/dev/sdc", size=1, devno=(8, 64), sysfs_path=str(sdc))
-    assert erase_guards.in_use_reasons(member, [], usage) == ["/dev/sdc is held by md0"]
+    member = Disk(name="/dev/sdc", size=1, devno=(8, 32), sysfs_path=str(sdc))
+    assert erase_guards.in_use_reasons(member, [], usage) == [
+        "/dev/sdc is held by md RAID /dev/md0 (raid1)"]
 
     disk = Disk(name="/dev/sda", size=1, devno=(8, 0), sysfs_path=str(sda))
     parts = [Partition("/dev/sda1", (8, 1), 0, 1), Partition("/dev/sda2", (8, 2), 0, 1),
              Partition("/dev/sda3", (8, 3), 0, 1)]
     assert erase_guards.in_use_reasons(disk, parts, usage) == [
-        "/dev/sda is open by process 77 (dd)", "/dev/sda1 is mounted",
-        "/dev/sda2 is held by dm-0", "/dev/sda3 is active swap"]
+        "/dev/sda is open by process 77 (dd)", "/dev/sda1 is mounted on /boot",
+        "/dev/sda2 is held by device-mapper /dev/dm-0 (LVM)", "/dev/sda3 is in use as swap"]
 
 
 def test_unreadable_partition_table_is_logged_not_fatal(tmp_path, caplog):

@@ -15,7 +15,7 @@ def test_stall_is_reported_once_with_thread_stacks(monkeypatch, caplog):
     source = types.SimpleNamespace(received=8 << 20, total=16 << 20)
     writer = types.SimpleNamespace(position=7 << 20)
     attempt = types.SimpleNamespace(kind="zstd")
-    stamp = [now[0]]
+    stamp = stream.StallWatch(logged_at=now[0])
     caplog.set_level(logging.WARNING, logger="agent.imaging.stream")
     for step in range(0, 400, 10):          # 400 s without a byte moving
         now[0] = 1000.0 + step

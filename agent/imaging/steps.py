@@ -1,0 +1,76 @@
+"""Writing an image as a step and as a command: the shared request rules and result shape.
+
+``ImageDeployManager`` offers ``write_image`` (deploy and service steps) as a
+hardware manager, so the inventory/erase code and the imaging code version
+their step sets independently (reference §4.3).  ``standby.prepare_image`` and
+``cache_image`` reach the same ``deploy.prepare`` through the helpers below,
+so the two doors cannot drift apart on config-drive defaults, the
+``verify_after_write`` flag, or the result they return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.config import parse_bool
+from agent.context import CommandContext
+from agent.errors import InvalidCommandParamsError
+from agent.hardware import managers
+from agent.imaging import deploy
+from agent.imaging import image_info as image_info_mod
+from agent.imaging.image_info import ImageSpec
+
+
+def flag(source: dict[str, Any], name: str) -> bool:
+    """A boolean request flag; anything unparsable is the caller's 400."""
+    try:
+        return parse_bool(source.get(name) or False)
+    except ValueError:
+        raise InvalidCommandParamsError(f"'{name}' must be a boolean") from None
+
+
+def configdrive_for(spec: ImageSpec, given: Any) -> Any:
+    """The config drive to write: the one given, else the one inside ``image_info``."""
+    return given if given is not None else spec.raw.get("configdrive")
+
+
+def shaped(command: str, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The result Ironic reads: ``result`` is '<command>: <message>', then the details."""
+    message = outcome.pop("message")
+    return {"result": f"{command}: {message}", **outcome}
+
+
+def _step(name: str, priority: int, **extra: Any) -> dict[str, Any]:
+    return {"step": name, "priority": priority, "interface": "deploy",
+            "reboot_requested": False, **extra}
+
+
+class ImageDeployManager(managers.HardwareManager):
+    NAME = "deploy_agent_image"
+    # bump whenever the step set or a priority changes
+    VERSION = "1.0"
+
+    def evaluate_hardware_support(self) -> int:
+        return managers.SupportLevel.GENERIC
+
+    def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        return [_step("write_image", 0, argsinfo={
+            "image_info": {"description": "the image to write (reference §5.1)",
+                           "required": True},
+            "configdrive": {"description": "config drive: gzip+base64 ISO, URL or JSON",
+                            "required": False}})]
+
+    def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        return self.get_deploy_steps(node, ports)
+
+    def write_image(self, node: Any, ports: Any, image_info: Any = None,
+                    configdrive: Any = None, ctx: CommandContext | None = None,
+                    **extra: Any) -> dict[str, Any]:
+        """Ironic 39's write_image: prepare_image run inside the step, not recorded."""
+        spec = image_info_mod.validate(image_info, md5_allowed=self.config.md5_enabled)
+        outcome = deploy.prepare(
+            self.state, spec, configdrive_for(spec, configdrive),
+            progress=ctx.progress if ctx else None,
+            cancel_check=ctx.check_cancelled if ctx else (lambda: None),
+            verify_after_write=flag(spec.raw, "verify_after_write"))
+        return shaped("prepare_image", outcome)
