@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -85,6 +85,26 @@ def make_session(spec: image_info.ImageSpec, state: AgentState) -> requests.Sess
     if spec.proxies:
         session.proxies.update(spec.proxies)
     return session
+
+
+@contextlib.contextmanager
+def _closed_on_error(source: HTTPSource) -> Iterator[None]:
+    # on success the source stays open: stream_image reads it and closes it
+    try:
+        yield
+    except BaseException:
+        source.close()
+        raise
+
+
+def reach_image(spec: image_info.ImageSpec, state: AgentState, session: requests.Session,
+                cancel_check: Callable[[], None], progress: Progress | None) -> OpenedImage:
+    """Connect and receive the image's first bytes; nothing is written yet."""
+    source = make_source(spec, state, cancel_check, session)
+    if progress is not None:
+        progress.update(phase="connect", unit="bytes")
+    with _closed_on_error(source):
+        return open_image(source)
 
 
 def make_source(spec: image_info.ImageSpec, state: AgentState,
@@ -191,17 +211,11 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
     session = session or make_session(spec, state)
     if expected is None:
         expected = resolve_checksum(state, spec, session)
-    source = make_source(spec, state, cancel_check, session)
-    if progress is not None:
-        progress.update(phase="connect", unit="bytes")
-    try:
-        opened = open_image(source)
-        inspection = inspect_image(state, spec, opened, source, device_size)
+    opened = reach_image(spec, state, session, cancel_check, progress)
+    with _closed_on_error(opened.source):
+        inspection = inspect_image(state, spec, opened, opened.source, device_size)
         staging = None if inspection.format in formats.RAW_FAMILY else _staging(
             device, device_size, inspection, opened)
-    except BaseException:
-        source.close()
-        raise
     report = stream_image(opened, device, expected, options=options, staging=staging,
                           progress=progress, cancel_check=cancel_check)
     report.image_format = inspection.format
@@ -262,18 +276,12 @@ def _deploy_partition_image(state: AgentState, spec: image_info.ImageSpec, devic
     """
     chosen = partition_deploy.plan(state, spec, device, data)
     expected = resolve_checksum(state, spec, session)
-    source = make_source(spec, state, cancel_check, session)
-    if progress is not None:
-        progress.update(phase="connect", unit="bytes")
-    try:
-        opened = open_image(source)
+    opened = reach_image(spec, state, session, cancel_check, progress)
+    with _closed_on_error(opened.source):
         partition_deploy.check_raw(opened)
-    except BaseException:
-        source.close()
-        raise
     LOG.info("image %s reached; partitioning %s", spec.id, device)
     # on any error inside this block the disk's first and last MiB are wiped
-    with contextlib.closing(source), partition_deploy.PartitionedDisk(
+    with contextlib.closing(opened.source), partition_deploy.PartitionedDisk(
             device, chosen, progress) as disk:
         report = stream_image(opened, disk.root, expected, options=options,
                               progress=progress, cancel_check=cancel_check)

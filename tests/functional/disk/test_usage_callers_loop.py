@@ -7,11 +7,8 @@ and other processes count, udev's probes never do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,33 +18,11 @@ from agent.hardware import erase
 from agent.hardware.erase_base import EraseOptions
 from tests.conftest import requires_loop
 from tests.functional.hardware.loop_helpers import loop_disk
+from tests.holders import described, holder
 
 pytestmark = requires_loop
 MiB = 1 << 20
 
-HOLD = """\
-import os, sys, time
-if sys.argv[2]:
-    with open("/proc/self/comm", "w") as f:
-        f.write(sys.argv[2])
-fd = os.open(sys.argv[1], os.O_RDONLY)
-print("ready", flush=True)
-time.sleep(120)
-"""
-
-
-@contextlib.contextmanager
-def holder(device: str, comm: str = "") -> Iterator[str]:
-    """A process with ``device`` open; yields 'PID (comm)'."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, device, comm],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        with open(f"/proc/{proc.pid}/comm") as f:
-            yield f"{proc.pid} ({f.read().strip()})"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def erase_refusal(dev: str) -> str:
@@ -58,7 +33,8 @@ def erase_refusal(dev: str) -> str:
 
 def test_check_target_refuses_a_disk_another_process_has_open(make_loop):
     dev = make_loop(16 * MiB)
-    with holder(dev) as who:
+    with holder(dev) as proc:
+        who = described(proc)
         with pytest.raises(UnsafeDevice) as exc:
             blockdev.check_target(dev, allow_loop=True)
         assert exc.value.details == f"{dev} is in use: {dev} is open by process {who}"
@@ -93,7 +69,8 @@ def test_every_caller_ignores_a_udev_probe_and_counts_anything_else(make_loop):
         assert blockdev.check_target(dev, allow_loop=True) == 16 * MiB
         assert reread.holders(dev) == []
         erase.erase_devices_metadata([loop_disk(dev)], {}, EraseOptions())
-    with holder(dev) as who:
+    with holder(dev) as proc:
+        who = described(proc)
         assert reread.holders(dev) == [f"{dev} is open by process {who}"]
         assert f"{dev} is open by process {who}" in erase_refusal(dev)
 

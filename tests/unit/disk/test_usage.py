@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from agent.disk import usage
 from agent.disk.usage import Use
 from tests.conftest import requires_loop
+from tests.holders import holder
 
 MiB = 1 << 20
 ME = os.getpid()
@@ -160,27 +158,6 @@ def test_many_mount_points_are_cut_short(tmp_path):
 
 # --- the live system, on real loop devices ---------------------------------------------------
 
-HOLD = """\
-import os, sys, time
-if sys.argv[2]:
-    with open("/proc/self/comm", "w") as f:
-        f.write(sys.argv[2])
-fd = os.open(sys.argv[1], os.O_RDONLY)
-print("ready", flush=True)
-time.sleep(120)
-"""
-
-
-@contextlib.contextmanager
-def holder(device: str, comm: str = "") -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, device, comm],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def live(device: str, **kw: bool) -> list[Use]:
