@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("name", help="<extension>.<command>")
     call.add_argument("params", nargs="*", help="key=value (values parsed as JSON if possible)")
     sub.add_parser("tools", help="report which system tools are present")
+    plan = sub.add_parser("erase-plan", help="print which disks the erase steps would erase "
+                                             "for a node (writes nothing)")
+    plan.add_argument("--node", help="node JSON file (properties.skip_block_devices, "
+                                     "driver_info erase options); default: no node")
+    plan.add_argument("--cmdline", dest="cmdline_file",
+                      help="read kernel parameters from this file instead of /proc/cmdline")
+    plan.add_argument("--config", dest="config_file", help="TOML config file")
+    plan.add_argument("--include-loop-devices", action="store_const", const=True,
+                      help="treat loop devices as disks (tests, local use)")
     from agent.driver.cli import add_parser as add_deploy_parser
     from agent.driver.standin_cli import add_parser as add_standin_parser
     add_deploy_parser(sub)
@@ -196,6 +205,30 @@ def cmd_tools(_: argparse.Namespace) -> int:
     return 1 if any(not found[n] and tools.TOOLS[n].required for n in found) else 0
 
 
+def cmd_erase_plan(args: argparse.Namespace) -> int:
+    from agent.hardware.erase_preview import preview
+    from agent.state import AgentState
+
+    try:
+        cfg = config.load(cmdline_file=args.cmdline_file, config_file=args.config_file,
+                          flags={"include_loop_devices": args.include_loop_devices,
+                                 "standalone": True})
+        node = None
+        if args.node:
+            with open(args.node, encoding="utf-8") as f:
+                node = json.load(f)
+    except AgentError as exc:
+        print(f"deploy-agent: {exc.details}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"deploy-agent: cannot read the node file: {exc}", file=sys.stderr)
+        return 2
+    agentlog.setup(False, None)
+    result = preview(AgentState(cfg), node)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 1 if result["refused"] else 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from agent.driver.cli import run
     return run(args, ProgressPrinter())
@@ -209,7 +242,7 @@ def cmd_standin(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "call": cmd_call, "tools": cmd_tools,
-                "deploy": cmd_deploy, "standin": cmd_standin}
+                "deploy": cmd_deploy, "standin": cmd_standin, "erase-plan": cmd_erase_plan}
     return handlers[args.cmd](args)
 
 
