@@ -158,27 +158,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in (
         "listen_host", "listen_port", "standalone", "agent_token", "tls_cert_file",
         "tls_key_file", "auto_tls", "ramdisk", "include_loop_devices", "debug", "log_file")}
+    from agent.ironic import vmedia
+    # boot_method=vmedia: parameters.txt joins the kernel parameters before they are parsed
+    media = vmedia.from_cmdline(args.cmdline_file)
     try:
         cfg = config.load(cmdline_file=args.cmdline_file, config_file=args.config_file,
-                          flags=flags)
+                          flags=flags, extra_cmdline=media.params)
     except AgentError as exc:
         print(f"deploy-agent: {exc.details}", file=sys.stderr)
         return 2
     agentlog.setup(cfg.debug, cfg.log_file)
+    vmedia.apply(media, cfg)
     from agent.runtime import Runtime
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # `kill -USR1 <pid>` prints every thread's stack: the way into a hung deploy
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     runtime = Runtime(cfg)
-    LOG.info("deploy-agent %s starting (%s)", __version__,
-             "standalone" if cfg.standalone or not cfg.api_url else "controller "
-             + ",".join(cfg.api_url))
+    if cfg.standalone:
+        mode = "standalone"
+    elif cfg.api_url:
+        mode = "controller " + ",".join(cfg.api_url)
+    else:
+        mode = "no controller" + (": inspection only" if cfg.inspection_callback_url else "")
+    LOG.info("deploy-agent %s starting (%s)", __version__, mode)
     try:
+        vmedia.configure_network(media, cfg)    # static addresses before any traffic to Ironic
+        if cfg.enable_vlan_interfaces:
+            from agent.hardware.vlan import create_vlan_interfaces
+            # before the DHCP wait and the lookup, which may need these VLANs
+            create_vlan_interfaces(cfg)
+        node_uuid = None
+        if cfg.inspection_callback_url and not cfg.standalone:
+            from agent.ironic.inspect import run_inspection
+            node_uuid = run_inspection(runtime)
         if cfg.standalone or not cfg.api_url:
+            # a managed inspection boot (callback, no API URL) stays up idle
             runtime.start_api()
         else:
             from agent.ironic.session import run_with_controller
-            run_with_controller(runtime)
+            run_with_controller(runtime, node_uuid=node_uuid)
         runtime.wait()
     except AgentError as exc:
         LOG.error("startup failed: %s", exc.details)

@@ -11,6 +11,7 @@ later.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -177,12 +178,30 @@ class Config:
     ntp_server: str | None = setting(
         _opt_str, None, "NTP server to sync with", ("ipa-ntp-server",), inert=True)
     inspection_callback_url: str | None = setting(
-        _opt_str, None, "inspection endpoint", ("ipa-inspection-callback-url",), inert=True)
+        _opt_str, None, "inspection endpoint: inspect at start and post there",
+        ("ipa-inspection-callback-url",))
+    inspection_collectors: list[str] = setting(
+        _list, ["default", "logs"], "inspection collectors to run, in order",
+        ("ipa-inspection-collectors",))
+    inspection_dhcp_wait_timeout: float = setting(
+        _number(float, 0), 60.0, "seconds to wait for DHCP before inspecting",
+        ("ipa-inspection-dhcp-wait-timeout",))
+    inspection_dhcp_all_interfaces: bool = setting(
+        parse_bool, False, "wait for DHCP on every interface, not only the PXE one",
+        ("ipa-inspection-dhcp-all-interfaces",))
+    inspection_callback_timeout: float = setting(
+        _number(float, 1), 300.0, "seconds to keep retrying the inspection POST")
+    collect_lldp: bool = setting(
+        parse_bool, False, "listen for LLDP frames for the inventory", ("ipa-collect-lldp",))
+    lldp_timeout: float = setting(
+        _number(float, 0), 30.0, "seconds to listen for LLDP frames", ("ipa-lldp-timeout",))
+    enable_vlan_interfaces: list[str] = setting(
+        _list, [], "VLAN sub-interfaces to create: IFACE.VID or IFACE, or 'all'",
+        ("ipa-enable-vlan-interfaces",))
     ignore_bootloader_failure: bool = setting(
         parse_bool, False, "tolerate bootloader failures", ("ipa-ignore-bootloader-failure",))
-    inject_files_priority: int = setting(
-        _number(int, 0), 0, "priority of the inject_files deploy step",
-        ("ipa-inject-files-priority",), inert=True)
+    inject_files_priority: int = setting(_number(int, 0), 0, "priority of the inject_files "
+                                         "deploy step", ("ipa-inject-files-priority",), inert=True)
     guard_special_filesystems: bool = setting(
         parse_bool, True, "refuse to erase disks with shared-SAN filesystems",
         ("ipa-guard-special-filesystems",))
@@ -190,7 +209,13 @@ class Config:
         parse_bool, False, "allow verified discard as erase", ("ipa-enable-discard-erase",))
     bootif: str | None = setting(_opt_str, None, "PXE boot MAC, reported verbatim", ("BOOTIF",))
     boot_method: str | None = setting(
-        _opt_str, None, "boot method (vmedia)", ("boot_method",), inert=True)
+        _opt_str, None, "boot method (vmedia: read Ironic's virtual media)", ("boot_method",))
+    # IPA's [DEFAULT] cafile/certfile/keyfile: a boot_method=vmedia ISO may carry them
+    cafile: str | None = setting(
+        _opt_str, None, "CA bundle to verify the controller's HTTPS (unless insecure)")
+    certfile: str | None = setting(
+        _opt_str, None, "client certificate (PEM) for HTTPS to the controller")
+    keyfile: str | None = setting(_opt_str, None, "client key (PEM) for certfile")
     standalone: bool = setting(parse_bool, False, "run without a controller (no lookup/heartbeat)")
     ramdisk: str = setting(
         _choice(("auto", "true", "false")), "auto",
@@ -277,8 +302,13 @@ def parse_cmdline(text: str) -> dict[str, str]:
 
 def load(*, cmdline: str | None = None, cmdline_file: str | None = None,
          config_file: str | None = None, env: Mapping[str, str] | None = None,
-         flags: Mapping[str, Any] | None = None, read_proc: bool = True) -> Config:
-    """Build a Config from all sources; raise ConfigError on any bad value."""
+         flags: Mapping[str, Any] | None = None, read_proc: bool = True,
+         extra_cmdline: str = "") -> Config:
+    """Build a Config from all sources; raise ConfigError on any bad value.
+
+    ``extra_cmdline`` (a vmedia ``parameters.txt``) counts as kernel parameters
+    given after the command line's own, so it wins where both name a key.
+    """
     values = {s.name: _copy(s.default) for s in SETTINGS}
     sources = dict.fromkeys(values, "default")
 
@@ -296,11 +326,13 @@ def load(*, cmdline: str | None = None, cmdline_file: str | None = None,
                 text = f.read()
         except OSError:
             text = ""
-    for key, raw in parse_cmdline(text or "").items():
-        setting = BY_CMDLINE.get(key)
-        if setting:
-            values[setting.name] = _parse(setting, raw, f"kernel parameter {key}")
-            sources[setting.name] = "cmdline"
+    for origin, params in (("kernel parameter", parse_cmdline(text or "")),
+                           ("vmedia parameters.txt", parse_cmdline(extra_cmdline))):
+        for key, raw in params.items():
+            setting = BY_CMDLINE.get(key)
+            if setting:
+                values[setting.name] = _parse(setting, raw, f"{origin} {key}")
+                sources[setting.name] = "cmdline"
 
     if config_file:
         try:
@@ -312,8 +344,11 @@ def load(*, cmdline: str | None = None, cmdline_file: str | None = None,
         for key, raw in section.items():
             setting = BY_NAME.get(key.replace("-", "_"))
             if setting is None:
-                raise ConfigError(f"unknown setting {key!r} in {config_file}; known: "
-                                  f"{', '.join(sorted(BY_NAME))}")
+                # the whole list outgrew an error line: name the likely ones
+                close = difflib.get_close_matches(key.replace("-", "_"), BY_NAME, n=3)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise ConfigError(f"unknown setting {key!r} in {config_file}; {hint}README's "
+                                  "configuration table lists every setting")
             values[setting.name] = _parse(setting, raw, f"config file {config_file}")
             sources[setting.name] = "file"
 
@@ -334,6 +369,8 @@ def load(*, cmdline: str | None = None, cmdline_file: str | None = None,
 
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         raise ConfigError("tls_cert_file and tls_key_file must be given together")
+    if values["keyfile"] and not values["certfile"]:
+        raise ConfigError("keyfile needs certfile")
     return Config(**values, sources=sources)
 
 

@@ -52,14 +52,29 @@ class Runtime:
             return *tls.write_pair(cert, key), True
         return None, None, False
 
+    def bind_api(self) -> AgentServer:
+        """Take the API port before anything that cannot be undone (the one-time token).
+
+        A port in use then fails the start before lookup, instead of after it,
+        when the token Ironic handed out would be lost with the process.
+        """
+        if self.server is None:
+            self.server = AgentServer(self.app, self.config.listen_host,
+                                      self.config.listen_port,
+                                      max_body=self.config.max_request_bytes)
+        self.server.bind()
+        return self.server
+
     def start_api(self, advertise_ip: str | None = None) -> AgentServer:
         cert, key, generated = self.tls_files(advertise_ip)
         try:
-            self.server = AgentServer(self.app, self.config.listen_host,
-                                      self.config.listen_port, cert_file=cert, key_file=key,
-                                      tls_min_version=self.config.tls_min_version,
-                                      ciphers=self.config.tls_cipher_suites,
-                                      max_body=self.config.max_request_bytes)
+            if self.server is None:
+                self.server = AgentServer(self.app, self.config.listen_host,
+                                          self.config.listen_port,
+                                          max_body=self.config.max_request_bytes)
+            if cert and key:
+                self.server.use_tls(cert, key, self.config.tls_min_version,
+                                    self.config.tls_cipher_suites)
         finally:
             # the SSL context holds the key in memory once loaded; a private key
             # left in /tmp would outlive the agent for nothing

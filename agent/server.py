@@ -309,12 +309,21 @@ class AgentServer:
         self._server.gateway = _Gateway
         self._server.max_request_header_size = MAX_HEADER_BYTES
         self._server.max_request_body_size = max_body or app.config.get("MAX_CONTENT_LENGTH") or 0
-        self.tls = bool(cert_file)
-        if cert_file and key_file:
-            adapter = _LazyTLSAdapter(cert_file, key_file)
-            adapter.context = tls.server_context(cert_file, key_file, tls_min_version, ciphers)
-            self._server.ssl_adapter = adapter
+        self.tls = False
+        self._bound = False
         self._thread: threading.Thread | None = None
+        if cert_file and key_file:
+            self.use_tls(cert_file, key_file, tls_min_version, ciphers)
+
+    def use_tls(self, cert_file: str, key_file: str, tls_min_version: str = "1.2",
+                ciphers: str | None = None) -> None:
+        """Serve HTTPS; allowed after bind(): sockets are wrapped per connection."""
+        if self._thread is not None:
+            raise RuntimeError("TLS must be set up before the server starts serving")
+        adapter = _LazyTLSAdapter(cert_file, key_file)
+        adapter.context = tls.server_context(cert_file, key_file, tls_min_version, ciphers)
+        self._server.ssl_adapter = adapter
+        self.tls = True
 
     @property
     def port(self) -> int:
@@ -324,8 +333,14 @@ class AgentServer:
     def threads(self) -> int:
         return len(self._server.requests._threads)
 
+    def bind(self) -> None:
+        """Take the port now (OSError if it is in use); connections wait for start()."""
+        if not self._bound:
+            self._server.prepare()
+            self._bound = True
+
     def start(self) -> None:
-        self._server.prepare()
+        self.bind()
         self._thread = threading.Thread(target=self._server.serve, name="api", daemon=True)
         self._thread.start()
         LOG.info("API listening on %s port %d (%s)", self._server.bind_addr[0], self.port,

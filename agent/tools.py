@@ -56,8 +56,13 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("hdparm", "hdparm", "ATA secure erase", required=False, arches=("amd64",)),
     Tool("nvme", "nvme-cli", "NVMe format erase", required=False),
     Tool("ipmitool", "ipmitool", "BMC address in the inventory", required=False),
+    Tool("modprobe", "kmod", "load the IPMI drivers so the BMC can be found", required=False),
+    # POWER has no SMBIOS (Debian builds no dmidecode there); the device tree serves
+    Tool("dmidecode", "dmidecode", "DMI tables for the dmi-decode and extra-hardware "
+         "inspection collectors", required=False, arches=("amd64",)),
     Tool("dmesg", "util-linux", "kernel log for log collection", required=False),
-    Tool("ip", "iproute2", "addresses and routes for logs", required=False),
+    Tool("ip", "iproute2", "static addressing from virtual media, VLAN sub-interfaces, "
+         "addresses and routes for logs", required=False),
     Tool("journalctl", "systemd", "journal for log collection", required=False),
     Tool("df", "coreutils", "filesystem usage for log collection", required=False),
     Tool("ps", "procps", "process list for log collection", required=False),

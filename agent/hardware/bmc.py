@@ -1,9 +1,14 @@
 """BMC addresses through ipmitool, only when an IPMI device node exists.
 
-Without ``/dev/ipmi*`` there is no local BMC interface and ipmitool would
-only time out, so the keys are null.  Channels 1–11 are tried in order, as
-vendors put the LAN channel in different places; the first channel with a
-non-zero IPv4 address wins, and its MAC is the ``bmc_mac``.
+A ramdisk kernel does not load the IPMI drivers by itself on every server,
+so in a ramdisk (``is_ramdisk``: never on a developer's machine) the first
+probe runs ``modprobe ipmi_msghandler ipmi_devintf ipmi_si`` once per
+process; a module that does not load (no BMC: ipmi_si says "No such
+device") is logged, never fatal.  Without ``/dev/ipmi*`` there is no local
+BMC interface and ipmitool would only time out, so the keys are null.
+Channels 1–11 are tried in order, as vendors put the LAN channel in
+different places; the first channel with a non-zero IPv4 address wins, and
+its MAC is the ``bmc_mac``.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from __future__ import annotations
 import glob
 import ipaddress
 import logging
+import os
 import re
+import threading
+import time
 from typing import Any
 
 from agent import tools
+from agent.config import Config, is_ramdisk
 from agent.disk import sysfs
 from agent.errors import AgentError
 
@@ -22,10 +31,51 @@ LOG = logging.getLogger(__name__)
 CHANNELS = range(1, 12)
 TIMEOUT = 15.0
 _DEVICES = ("/dev/ipmi0", "/dev/ipmi/0", "/dev/ipmidev/0")
+# the message handler first, then the character device, then the KCS/SMIC/BT
+# system interface driver that finds the BMC (ipmi_si pulls nothing else in)
+MODULES = ("ipmi_msghandler", "ipmi_devintf", "ipmi_si")
+MODPROBE_TIMEOUT = 60.0      # ipmi_si probes every interface type; slow BMCs take seconds
+NODE_WAIT = 3.0              # udev creates /dev/ipmi0 shortly after ipmi_devintf binds
+_modules_lock = threading.Lock()
+_modules_tried = False
 
 
 def ipmi_present(root: str = "/") -> bool:
     return any(glob.glob(sysfs.path(root, pattern)) for pattern in _DEVICES)
+
+
+def load_modules(config: Config | None, root: str = "/") -> bool:
+    """Load the IPMI drivers once per process, in a ramdisk only; True when tried now.
+
+    ``config`` None means the live machine with default settings
+    (``ramdisk=auto``: an initramfs root).
+    """
+    global _modules_tried
+    if not is_ramdisk(config if config is not None else Config()):
+        return False
+    with _modules_lock:
+        if _modules_tried:
+            return False
+        _modules_tried = True
+        loaded = []
+        for module in MODULES:
+            try:
+                tools.run("modprobe", module, timeout=MODPROBE_TIMEOUT)
+                loaded.append(module)
+            except AgentError as exc:
+                # expected on machines without a BMC; the probe below says "null"
+                LOG.info("modprobe %s did not load: %s", module, exc)
+        LOG.info("IPMI drivers loaded: %s", ", ".join(loaded) or "none")
+        if MODULES[-1] in loaded:
+            # only ipmi_si finding a BMC makes a device node worth waiting for
+            _wait_for_node(root)
+        return True
+
+
+def _wait_for_node(root: str) -> None:
+    deadline = time.monotonic() + NODE_WAIT
+    while not ipmi_present(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def parse_lan_print(text: str) -> dict[str, str]:
@@ -87,11 +137,29 @@ def _v6() -> str:
     return "::/0"
 
 
-def collect(root: str = "/", skip: bool = False) -> dict[str, Any]:
-    """``bmc_address``, ``bmc_v6address`` and (when found) ``bmc_mac``."""
+def lan_channel(root: str = "/") -> tuple[int, dict[str, str]] | None:
+    """The first channel whose ``lan print`` answers, with its fields (None: no BMC)."""
+    if not ipmi_present(root):
+        return None
+    for channel in CHANNELS:
+        text = _run("lan", "print", channel)
+        if text:
+            return channel, parse_lan_print(text)
+    return None
+
+
+def collect(root: str = "/", skip: bool = False,
+            config: Config | None = None) -> dict[str, Any]:
+    """``bmc_address``, ``bmc_v6address`` and (when found) ``bmc_mac``.
+
+    The IPMI drivers are loaded first when ``config`` says this is a ramdisk,
+    or, without ``config``, when reading the live ``/`` of an initramfs.
+    """
     if skip:
         LOG.info("BMC detection skipped by configuration")
         return {"bmc_address": None, "bmc_v6address": None}
+    if config is not None or os.path.realpath(root) == "/":
+        load_modules(config, root)
     if not ipmi_present(root):
         LOG.info("no IPMI device node; BMC addresses are null")
         return {"bmc_address": None, "bmc_v6address": None}

@@ -20,7 +20,7 @@ from agent.errors import Cancelled, CleaningError, DeviceNotFound, UnsafeDevice
 from agent.hardware import erase_ata, erase_nvme, erase_overwrite, hints
 from agent.hardware.disks import Disk
 from agent.hardware.erase_base import EraseFailed, EraseOptions, EraseUnsupported
-from agent.hardware.erase_guards import UsageSnapshot, refusal_reasons
+from agent.hardware.erase_guards import UsageSnapshot, refusal_reasons, virtual_media_reason
 from agent.hardware.erase_metadata import erase_metadata
 
 LOG = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ def plan(disks: Sequence[Disk], node: Any, options: EraseOptions, *,
     for disk in disks:
         if hints.skipped_by(disk, skip_parsed):
             skipped[disk.name] = "listed in properties.skip_block_devices"
+            continue
+        # before the read-only check: the boot ISO is read-only and must be skipped, not refused
+        media = virtual_media_reason(disk)
+        if media:
+            skipped[disk.name] = media
             continue
         if disk.read_only:
             if options.skip_read_only:

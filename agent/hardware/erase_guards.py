@@ -1,5 +1,7 @@
 """Safety checks run on every disk before any erase method touches any disk.
 
+Ironic's virtual media (the ``ir-vfd-dev`` image, the read-only ISO the
+ramdisk booted from) is skipped, not refused: it is not the node's data.
 A disk is refused when it is in use (``agent.disk.usage``: mounted, swap,
 held by md/dm, or open by a process other than udev's probers), read-only
 (unless the node says to skip those), or carries a shared-SAN filesystem —
@@ -14,7 +16,7 @@ import os
 from collections.abc import Iterable
 
 from agent import tools
-from agent.disk import partition_table
+from agent.disk import partition_table, vmedia
 from agent.disk.usage import Node, UsageSnapshot
 from agent.errors import AgentError
 from agent.hardware.disks import Disk, Partition, list_partitions
@@ -78,6 +80,12 @@ def shared_san_reasons(disk: Disk, parts: Iterable[Partition]) -> list[str]:
             reasons.append(f"{where} carries a {SHARED_FS_TYPES[fstype]} signature "
                            f"({found['TYPE']})")
     return reasons
+
+
+def virtual_media_reason(disk: Disk) -> str | None:
+    """Why ``disk`` is skipped as Ironic's virtual media (the vfd image or the boot ISO)."""
+    medium = vmedia.classify(disk.name, read_only=disk.read_only, kname=disk.kname)
+    return vmedia.reason(medium) if medium is not None else None
 
 
 def refusal_reasons(disk: Disk, usage: UsageSnapshot, *, guard_shared: bool) -> list[str]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from agent.disk import vmedia
 from agent.errors import DeviceNotFound
 from agent.hardware.disks import GIB, Disk
 
@@ -231,6 +232,12 @@ def select_root_device(disks: Sequence[Disk], hints: Mapping[str, Any] | None,
     candidates = [d for d in disks if not skipped_by(d, skip_parsed)]
     skipped = [d.name for d in disks if d not in candidates]
     skip_note = f"; skipped by skip_block_devices: {', '.join(skipped)}" if skipped else ""
+    # Ironic's virtual media, whatever the hints say: writing there loses the boot config
+    media = [d for d in candidates
+             if vmedia.classify(d.name, read_only=d.read_only, kname=d.kname)]
+    candidates = [d for d in candidates if d not in media]
+    if media:
+        skip_note += f"; skipped as virtual media: {', '.join(d.name for d in media)}"
     if parsed:
         for disk in candidates:
             if matches(disk, parsed):

@@ -4,7 +4,9 @@ Only NICs backed by a device are listed (no loopback, bridges or tunnels).
 The MAC is the permanent one from ETHTOOL_GPERMADDR, because bonding and
 teaming rewrite the current address and Ironic matches ports by the burned-in
 one.  IPv4 comes from SIOCGIFADDR, IPv6 from /proc/net/if_inet6: no process
-is spawned.
+is spawned.  ``lldp`` is null unless an LLDP timeout is given (ipa-collect-lldp):
+then every listed NIC that is up is listened on at once, and a NIC that heard
+an LLDPDU gets its TLV list.
 """
 
 from __future__ import annotations
@@ -117,8 +119,22 @@ def _read_interface(root: str, name: str, sock: socket.socket | None,
     }
 
 
-def collect(root: str = "/", live: bool = True) -> list[dict[str, Any]]:
-    """All physical NICs; ``live=False`` skips the ioctls (fixture trees)."""
+def collect(root: str = "/", live: bool = True,
+            lldp_timeout: float | None = None) -> list[dict[str, Any]]:
+    """All physical NICs; ``live=False`` skips the ioctls (fixture trees).
+
+    ``lldp_timeout`` (seconds) turns on the LLDP capture that fills ``lldp``.
+    """
+    result = _collect(root, live)
+    if lldp_timeout is not None and result:
+        from agent.hardware import lldp  # raw sockets only when LLDP is asked for
+        heard = lldp.capture_up([i["name"] for i in result], lldp_timeout, root)
+        for info in result:
+            info["lldp"] = heard.get(info["name"]) or None
+    return result
+
+
+def _collect(root: str, live: bool) -> list[dict[str, Any]]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if live else None
     try:
         v6 = ipv6_addresses(root)

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from agent.config import Config
 from agent.hardware import bmc, boot, cpu, disks, dmi, interfaces, memory
 
 LOG = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ def collect(config: Any, *, root: str = "/",
     """Build the inventory; ``root``/``live`` let tests read a fixture tree."""
     include_loop = bool(getattr(config, "include_loop_devices", False))
     lister = disk_lister or (lambda: disks.list_disks(root, include_loop=include_loop))
+    lldp_timeout = (float(getattr(config, "lldp_timeout", 30.0))
+                    if getattr(config, "collect_lldp", False) else None)
     result: dict[str, Any] = {
-        "interfaces": _part("interfaces", lambda: interfaces.collect(root, live=live)),
+        "interfaces": _part("interfaces", lambda: interfaces.collect(
+            root, live=live, lldp_timeout=lldp_timeout)),
         "cpu": _part("cpu", lambda: cpu.collect(root, arch=arch)),
         "disks": _part("disks", lambda: [d.to_dict() for d in lister()]),
         "memory": _part("memory", lambda: memory.collect(root)),
@@ -41,8 +45,10 @@ def collect(config: Any, *, root: str = "/",
         "boot": _part("boot", lambda: boot.collect(root, getattr(config, "bootif", None))),
         "hostname": _part("hostname", socket.gethostname),
     }
+    # a real Config says whether this is a ramdisk (where the IPMI drivers may be loaded)
     bmc_info = _part("bmc", lambda: bmc.collect(
-        root, skip=bool(getattr(config, "skip_bmc_detect", False))))
+        root, skip=bool(getattr(config, "skip_bmc_detect", False)),
+        config=config if isinstance(config, Config) else None))
     bmc_info = bmc_info or {"bmc_address": None, "bmc_v6address": None}
     result["bmc_address"] = bmc_info.get("bmc_address")
     result["bmc_v6address"] = bmc_info.get("bmc_v6address")

@@ -71,9 +71,10 @@ class HeartbeatRejected(Exception):
 
 
 class ControllerClient:
-    def __init__(self, urls: list[str], *, timeout: float = 30.0, verify: bool = True,
+    def __init__(self, urls: list[str], *, timeout: float = 30.0, verify: bool | str = True,
                  request_id: str | None = None, pinned_version: str | None = None,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, cafile: str | None = None,
+                 certfile: str | None = None, keyfile: str | None = None) -> None:
         self.urls = [u for u in urls if u != "mdns"]
         if len(self.urls) != len(urls):
             LOG.warning("ipa-api-url=mdns is not supported; ignoring it")
@@ -82,8 +83,12 @@ class ControllerClient:
         self.pinned = parse_version(pinned_version) if pinned_version else None
         self.session = session or requests.Session()
         # passed on every call: requests lets REQUESTS_CA_BUNDLE override a
-        # session-level verify, which would silently undo ipa-insecure
-        self.verify = verify
+        # session-level verify, which would silently undo ipa-insecure (or the cafile)
+        # verify=False is ipa-insecure and beats the cafile; otherwise Ironic's CA, when given
+        self.verify: bool | str = cafile if verify is True and cafile else verify
+        # requests' cert=: a client certificate, with its key when that is a separate file
+        self.cert: str | tuple[str, str] | None = (
+            (certfile, keyfile) if certfile and keyfile else certfile)
         self._max: dict[str, Version] = {}
 
     # -- versions and headers ---------------------------------------------------------
@@ -95,7 +100,8 @@ class ControllerClient:
             return self._max[url]
         try:
             resp = self.session.get(f"{url}/", headers={"Accept": "application/json"},
-                                    timeout=self.timeout, verify=self.verify)
+                                    timeout=self.timeout, verify=self.verify,
+                                    cert=self.cert)
             found = parse_version(resp.json()["default_version"]["version"])
         except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
             LOG.warning("cannot detect the API version of %s (%s); assuming %s", url, exc,
@@ -137,7 +143,7 @@ class ControllerClient:
             try:
                 resp = self.session.get(f"{url}/v1/lookup", params=params,
                                         headers=self.headers(version), timeout=self.timeout,
-                                        verify=self.verify)
+                                        verify=self.verify, cert=self.cert)
             except requests.RequestException as exc:
                 reasons.append(f"{url}: {type(exc).__name__}: {exc}")
                 continue
@@ -180,7 +186,7 @@ class ControllerClient:
             try:
                 resp = self.session.post(f"{url}/v1/heartbeat/{node_uuid}", json=body,
                                          headers=self.headers(version), timeout=self.timeout,
-                                         verify=self.verify)
+                                         verify=self.verify, cert=self.cert)
             except requests.RequestException as exc:
                 errors.append(f"{url}: {type(exc).__name__}: {exc}")
                 continue

@@ -196,8 +196,8 @@ class ControllerSession:
         self.client: ControllerClient | None = None
 
 
-def run_with_controller(runtime: Runtime, *, sleep: Callable[[float], None] = time.sleep
-                        ) -> ControllerSession:
+def run_with_controller(runtime: Runtime, *, sleep: Callable[[float], None] = time.sleep,
+                        node_uuid: str | None = None) -> ControllerSession:
     """Lookup → overrides → token → advertise → API → heartbeats.
 
     Raises LookupFailed or AdvertiseAddressNotFound (the CLI exits non-zero so
@@ -209,19 +209,27 @@ def run_with_controller(runtime: Runtime, *, sleep: Callable[[float], None] = ti
     session = ControllerSession()
     client = ControllerClient(cfg.api_url, timeout=cfg.http_request_timeout,
                               verify=not cfg.insecure, request_id=cfg.global_request_id,
-                              pinned_version=cfg.ironic_api_version)
+                              pinned_version=cfg.ironic_api_version, cafile=cfg.cafile,
+                              certfile=cfg.certfile, keyfile=cfg.keyfile)
     if not client.urls:
         raise ConfigError("ipa-api-url holds no usable http(s) URL")
     session.client = client
     runtime.controller = session
 
+    # the port first: failing here costs nothing, failing after lookup costs the token
+    try:
+        runtime.bind_api()
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the API on {cfg.listen_host} port {cfg.listen_port}: "
+                          f"{exc}") from None
     if cfg.hardware_initialization_delay:
         LOG.info("waiting %.0fs before touching hardware (ipa-hardware-initialization-delay)",
                  cfg.hardware_initialization_delay)
         sleep(cfg.hardware_initialization_delay)
     macs = local_macs(wait=is_ramdisk(cfg), sleep=sleep)
+    # the inspection callback's answer names the node: look it up by UUID as well
     body = lookup(client, macs, timeout=cfg.lookup_timeout,
-                  interval=cfg.lookup_interval, sleep=sleep)
+                  interval=cfg.lookup_interval, sleep=sleep, node_uuid=node_uuid)
     node = body["node"]
     state.refresh_node(node)
     session.node = node
@@ -236,6 +244,7 @@ def run_with_controller(runtime: Runtime, *, sleep: Callable[[float], None] = ti
         LOG.error("LOCKDOWN: %s. Not serving the API and not heartbeating; idling so the "
                   "service manager does not restart the agent.", why)
         session.locked_down_reason = why
+        runtime.close()         # the port taken before lookup: nothing will be served
         state.stop()
         return session
     LOG.info("agent token: %s", why)

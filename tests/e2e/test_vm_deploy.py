@@ -105,3 +105,26 @@ def test_ppc64le_ramdisk_answers_get_hardware_info(tmp_path):
     assert code == 0, result.get("error")
     assert "get_hardware_info" in result["timings"]
     assert "ppc64le" in out
+
+
+IRONIC_VENV = os.environ.get("IRONIC_VENV", os.path.join(REPO, ".venv-ironic"))
+
+
+def test_real_ironic_drives_the_vm_through_its_lifecycle(tmp_path):
+    """An unmodified Ironic (.venv-ironic), IPMI power through ipmi_sim, Ironic's own iPXE."""
+    if not os.path.exists(os.path.join(IRONIC_VENV, "bin", "ironic")):
+        skip_or_fail(f"no Ironic in {IRONIC_VENV} (tools/dev-setup --ironic installs it)")
+    for tool in ("ipmi_sim", "ipmitool"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} is missing (tools/dev-setup --ironic installs it)")
+    code, result, out = vm_deploy(tmp_path, "--ironic")
+    assert code == 0, result.get("error")
+    assert result["ok"] and result["mode"] == "ironic" and result["firmware"] == "bios"
+    assert {"enroll", "manage", "inspect", "clean (provide)", "deploy", "disk boot to marker",
+            "undeploy + clean"} <= set(result["timings"])
+    # ramdisk boots for inspection, cleaning and the deploy, the disk, cleaning again
+    assert result["boots"] >= 5
+    # the inventory Ironic stored names the VM's disk, NIC and BMC (checked by the run)
+    assert "inventory: disk /dev/" in out and "BMC " in out
+    assert "the deployed OS booted from disk and read hostname vm-deploy-" in out
+    assert "lifecycle complete" in out

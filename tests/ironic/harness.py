@@ -53,8 +53,10 @@ class Agent:
     def start(self) -> Agent:
         self.boots += 1
         stem = f"{self.name}-{self.boots}"
-        cmdline = {"ipa-api-url": self.api_url, "ipa-advertise-host": LOOPBACK,
-                   "ipa-lookup-interval": "0.5", "ipa-debug": "1", **self.params}
+        cmdline = {"ipa-advertise-host": LOOPBACK, "ipa-lookup-interval": "0.5",
+                   "ipa-debug": "1", **self.params}
+        if self.api_url:       # a managed inspection boot has no ipa-api-url
+            cmdline["ipa-api-url"] = self.api_url
         cmdline_path = os.path.join(self.work_dir, f"{stem}.cmdline")
         with open(cmdline_path, "w", encoding="utf-8") as f:
             f.write("BOOT_IMAGE=/vmlinuz " + " ".join(f"{k}={v}" for k, v in cmdline.items())

@@ -126,7 +126,8 @@ def test_config_file_without_section(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("text, match", [
-    ("nonsense = 1\n", "unknown setting 'nonsense' in .*known: .*listen_port"),
+    ("nonsense = 1\n", "unknown setting 'nonsense' in .*configuration table"),
+    ("listen_prot = 1\n", "unknown setting 'listen_prot' in .*did you mean listen_port"),
     ("listen_port = [1\n", "cannot read config file"),
 ])
 def test_bad_config_file(tmp_path, text: str, match: str) -> None:

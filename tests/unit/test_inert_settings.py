@@ -13,7 +13,7 @@ from agent.runtime import Runtime
 from tests.scripts import load_script
 
 AGENT = pathlib.Path(__file__).resolve().parents[2] / "agent"
-INERT = {"ntp_server", "inspection_callback_url", "inject_files_priority", "boot_method"}
+INERT = {"ntp_server", "inject_files_priority"}
 
 
 def _reads_of(name: str, source: str) -> int:
@@ -34,9 +34,9 @@ def test_the_inert_settings_are_the_ones_no_code_reads() -> None:
 
 
 def test_only_settings_a_source_gave_are_reported() -> None:
-    cfg = config.load(env={"DEPLOY_AGENT_BOOT_METHOD": "vmedia"}, read_proc=False,
+    cfg = config.load(env={"DEPLOY_AGENT_INJECT_FILES_PRIORITY": "50"}, read_proc=False,
                       cmdline="ipa-ntp-server=192.0.2.1 ipa-debug=1")
-    assert cfg.inert_settings_given() == ["ntp_server", "boot_method"]
+    assert cfg.inert_settings_given() == ["ntp_server", "inject_files_priority"]
     assert config.load(env={}, read_proc=False).inert_settings_given() == []
 
 
@@ -49,8 +49,8 @@ def test_the_readme_table_marks_each_inert_setting() -> None:
 
 
 @pytest.mark.parametrize("cmdline, warned", [
-    ("ipa-inspection-callback-url=http://127.0.0.1:1/v1/continue_inspection "
-     "ipa-inject-files-priority=50", "inspection_callback_url, inject_files_priority"),
+    ("ipa-ntp-server=192.0.2.1 ipa-inject-files-priority=50",
+     "ntp_server, inject_files_priority"),
     ("ipa-debug=1", None),
 ])
 def test_start_logs_one_warning_naming_them(caplog, cmdline: str, warned: str | None) -> None:

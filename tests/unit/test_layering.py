@@ -21,8 +21,8 @@ FLOORS = {
     "agent.disk": 1, "agent.context": 1, "agent.state": 1,
     # floor 2: the runner, and the two domains below the command surface
     "agent.commands": 2, "agent.hardware": 2, "agent.imaging": 2,
-    # floor 3: the command surface
-    "agent.extensions": 3,
+    # floor 3: the command surface, and inspection's collectors beside it
+    "agent.extensions": 3, "agent.inspection": 3,
     # floor 4: HTTP in, the agent's traffic to Ironic, and a driver of agents
     "agent.api": 4, "agent.server": 4, "agent.ironic": 4, "agent.driver": 4,
     # floor 5: composition and the user's door

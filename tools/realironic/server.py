@@ -88,7 +88,10 @@ def base_options(work_dir: str, api_port: int) -> dict[str, dict[str, Any]]:
         "service_catalog": {"endpoint_override": url},
         # the fake boot interface cannot boot a ramdisk, so inspection must accept
         # an agent that was booted by somebody else
-        "inspector": {"require_managed_boot": "false"},
+        "inspector": {"require_managed_boot": "false",
+                      # beyond the defaults, the hooks that turn the inventory into node
+                      # properties, so the tier sees what a real deployment records
+                      "hooks": "$default_hooks,memory,cpu-capabilities,boot-mode,root-device"},
         "conductor": {
             # on per node where a test wants it; a fresh loop disk needs no cleaning
             "automated_clean": "false",

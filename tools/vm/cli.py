@@ -11,7 +11,8 @@ from vm.report import say
 EPILOG = """\
 exit status: 0 when the run proved its point (the deployed OS booted; for
 --negative, the deploy failed clearly and the disk did not boot; for --arch
-ppc64el, the agent answered poll.get_hardware_info), 1 when it did not, 2 on
+ppc64el, the agent answered poll.get_hardware_info; for --ironic, the whole
+lifecycle passed), 1 when it did not, 2 on
 bad usage or a missing prerequisite.  Artifacts are cached in .cache/vm/
 (VM_DEPLOY_CACHE overrides), each run's logs in .cache/vm/runs/."""
 
@@ -28,6 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SeaBIOS or OVMF (amd64)")
     p.add_argument("--negative", choices=("bad-checksum", "unreachable-image"),
                    help="expect the deploy to fail this way and the disk not to boot")
+    p.add_argument("--ironic", action="store_true",
+                   help="instead of the stand-in controller, a real Ironic (.venv-ironic; "
+                        "tools/dev-setup --ironic) drives the VM through IPMI (ipmi_sim) and "
+                        "its own iPXE boot: enroll, manage, inspect, clean, deploy with a "
+                        "config drive, boot the disk, undeploy with cleaning")
+    p.add_argument("--no-inspect", dest="ironic_inspect", action="store_false",
+                   help="with --ironic: skip the inspection (Ironic's agent inspect interface)")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                    help="auto: KVM when a probe shows it runs guests fast, else TCG")
     p.add_argument("--ramdisk-dir", help="use this kernel + initramfs instead of building "
@@ -49,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.memory = 2048 if args.arch == "ppc64el" else 1024
     if args.arch == "ppc64el" and (args.negative or args.firmware != "bios"):
         p.error("--arch ppc64el is a smoke test: no --negative or --firmware")
+    if not args.ironic_inspect and not args.ironic:
+        p.error("--no-inspect needs --ironic")
+    if args.ironic and (args.negative or args.arch != "amd64" or args.firmware != "bios"):
+        p.error("--ironic runs the BIOS lifecycle on amd64 only: no --negative, --arch or "
+                "--firmware uefi")
     return args
 
 
@@ -56,16 +69,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cache_dir:
         os.environ["VM_DEPLOY_CACHE"] = os.path.abspath(args.cache_dir)
-    from vm import flow, ppc, qemu, ramdisk, testos
+    from realironic.server import IronicMissing
 
-    opts = flow.Options(firmware=args.firmware, negative=args.negative, accel=args.accel,
-                        ramdisk_dir=args.ramdisk_dir, cache_dir=args.cache_dir,
-                        memory_mib=args.memory, smp=args.smp, kernel_args=args.kernel_arg,
-                        api_timeout=args.api_timeout, deploy_timeout=args.deploy_timeout,
-                        json_path=args.json)
-    prerequisites = (qemu.QemuMissing, ramdisk.RamdiskError, testos.BuildError)
+    from vm import bmc, flow, ironicflow, ppc, qemu, ramdisk, runbase, testos
+
+    # IronicOptions is flow.Options plus the --ironic switches, for every kind of run
+    opts = ironicflow.IronicOptions(
+        firmware=args.firmware, negative=args.negative, accel=args.accel,
+        ramdisk_dir=args.ramdisk_dir, cache_dir=args.cache_dir, memory_mib=args.memory,
+        smp=args.smp, kernel_args=args.kernel_arg, api_timeout=args.api_timeout,
+        deploy_timeout=args.deploy_timeout, json_path=args.json,
+        ironic_inspect=args.ironic_inspect)
+    prerequisites = (qemu.QemuMissing, ramdisk.RamdiskError, testos.BuildError, IronicMissing,
+                     bmc.BmcMissing)
     with procs.Supervisor() as sup:
-        run = ppc.SmokeRun(opts, sup) if args.arch == "ppc64el" else flow.DeployRun(opts, sup)
+        run: runbase.RunBase
+        if args.ironic:
+            run = ironicflow.IronicRun(opts, sup)
+        elif args.arch == "ppc64el":
+            run = ppc.SmokeRun(opts, sup)
+        else:
+            run = flow.DeployRun(opts, sup)
         try:
             run.execute()
         except procs.Interrupted:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from agent import config as config_mod
@@ -166,10 +168,27 @@ def test_no_token_from_the_controller_means_lockdown(tmp_path):
         runtime, session, port = start(old, tmp_path)
         assert session.locked_down_reason and "issued no agent token" in \
             session.locked_down_reason
-        assert runtime.state.stopped.is_set() and runtime.server is None
+        assert runtime.state.stopped.is_set()
+        # the port taken before lookup is given back: nothing answers on it
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
         assert old.heartbeats() == []
     finally:
         old.stop()
+
+
+def test_a_port_in_use_fails_before_lookup_spends_the_token(fake, tmp_path):
+    node = fake.add_node(macs=None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        c = cfg(f"ipa-api-url={fake.url} ipa-advertise-host=127.0.0.1",
+                listen_host="127.0.0.1", listen_port=port)
+        with pytest.raises(ConfigError, match=f"cannot serve the API on 127.0.0.1 port {port}"):
+            run_with_controller(Runtime(c), sleep=pytest.fail)
+    # no lookup happened, so the node's one-time token is still unissued
+    assert [r for r in fake.requests if r["kind"] == "lookup"] == [] and node.token is None
 
 
 def test_advertise_port_defaults_to_the_listening_port_unless_set(fake, tmp_path):
