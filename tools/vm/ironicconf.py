@@ -82,8 +82,8 @@ def node_fields(run: Any, driver_info: dict[str, str]) -> dict[str, Any]:
         "deploy_interface": "direct",
         "power_interface": "ipmitool",
         "management_interface": "ipmitool",
-        # INSPECTION: no-inspect until the agent implements inspection
-        "inspect_interface": "no-inspect",
+        # in-band inspection by the agent, Ironic 39's (and metal3's) inspect interface
+        "inspect_interface": "agent",
         "network_interface": "noop",
         "console_interface": "no-console",
         "raid_interface": "no-raid",

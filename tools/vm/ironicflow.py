@@ -240,7 +240,6 @@ class IronicRun(RunBase):
             self.timings.add("inspect", 0.0, "skipped (--no-inspect)")
             return
         started = time.monotonic()
-        self.api.patch_node(self.node["uuid"], inspect_interface="agent")
         self.api.provision(self.node["uuid"], "inspect")
         self.wait("inspect", "manageable", self.opts.api_timeout + 300)
         seconds = time.monotonic() - started
