@@ -35,7 +35,12 @@ class GenericHardwareManager(managers.HardwareManager):
 
     def list_hardware_info(self) -> dict[str, Any]:
         from agent.hardware import inventory  # only inspection needs it; deploys stay lean
-        return inventory.collect(self.config,
+        cache = None
+        if self.config.collect_lldp:
+            from agent.hardware import lldp
+            # one capture per manager, i.e. per agent process (managers are cached)
+            cache = self.__dict__.setdefault("_lldp_cache", lldp.CaptureCache())
+        return inventory.collect(self.config, lldp_cache=cache,
                                  disk_lister=lambda: managers.list_disks(self.state))
 
     def get_os_install_device(self, node: Any = None) -> tuple[disks.Disk, str]:

@@ -119,16 +119,19 @@ def _read_interface(root: str, name: str, sock: socket.socket | None,
     }
 
 
-def collect(root: str = "/", live: bool = True,
-            lldp_timeout: float | None = None) -> list[dict[str, Any]]:
+def collect(root: str = "/", live: bool = True, lldp_timeout: float | None = None,
+            lldp_cache: Any = None) -> list[dict[str, Any]]:
     """All physical NICs; ``live=False`` skips the ioctls (fixture trees).
 
-    ``lldp_timeout`` (seconds) turns on the LLDP capture that fills ``lldp``.
+    ``lldp_timeout`` (seconds) turns on the LLDP capture that fills ``lldp``;
+    an ``lldp.CaptureCache`` makes later calls reuse what was heard.
     """
     result = _collect(root, live)
     if lldp_timeout is not None and result:
         from agent.hardware import lldp  # raw sockets only when LLDP is asked for
-        heard = lldp.capture_up([i["name"] for i in result], lldp_timeout, root)
+        names = [i["name"] for i in result]
+        heard = (lldp_cache.get(names, lldp_timeout, root) if lldp_cache is not None
+                 else lldp.capture_up(names, lldp_timeout, root))
         for info in result:
             info["lldp"] = heard.get(info["name"]) or None
     return result

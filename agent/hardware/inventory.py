@@ -29,7 +29,8 @@ def _part(name: str, reader: Callable[[], Any]) -> Any:
 
 def collect(config: Any, *, root: str = "/",
             disk_lister: Callable[[], list[disks.Disk]] | None = None,
-            arch: str | None = None, live: bool = True) -> dict[str, Any]:
+            arch: str | None = None, live: bool = True,
+            lldp_cache: Any = None) -> dict[str, Any]:
     """Build the inventory; ``root``/``live`` let tests read a fixture tree."""
     include_loop = bool(getattr(config, "include_loop_devices", False))
     lister = disk_lister or (lambda: disks.list_disks(root, include_loop=include_loop))
@@ -37,7 +38,7 @@ def collect(config: Any, *, root: str = "/",
                     if getattr(config, "collect_lldp", False) else None)
     result: dict[str, Any] = {
         "interfaces": _part("interfaces", lambda: interfaces.collect(
-            root, live=live, lldp_timeout=lldp_timeout)),
+            root, live=live, lldp_timeout=lldp_timeout, lldp_cache=lldp_cache)),
         "cpu": _part("cpu", lambda: cpu.collect(root, arch=arch)),
         "disks": _part("disks", lambda: [d.to_dict() for d in lister()]),
         "memory": _part("memory", lambda: memory.collect(root)),

@@ -19,8 +19,9 @@ import logging
 import selectors
 import socket
 import struct
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from agent.disk import sysfs
@@ -212,6 +213,28 @@ def capture_up(names: Iterable[str], timeout: float, root: str = "/") -> dict[st
         LOG.info("LLDP: not listening on down interface(s) %s",
                  ", ".join(n for n in names if n not in up))
     return capture(up, timeout) if up else {}
+
+
+class CaptureCache:
+    """What one agent process heard: listened for once, reused by every later inventory.
+
+    Like IPA, the agent listens again only while nothing at all has been heard, so
+    repeated ``get_hardware_info`` calls do not each wait ``ipa-lldp-timeout``.
+    """
+
+    def __init__(self, capture: Callable[[list[str], float, str], dict[str, Tlvs]]
+                 | None = None) -> None:
+        self._capture = capture
+        self._heard: dict[str, Tlvs] = {}
+        self._lock = threading.Lock()
+
+    def get(self, names: Iterable[str], timeout: float, root: str = "/") -> dict[str, Tlvs]:
+        with self._lock:
+            if not self._heard:
+                listen = self._capture or capture_up
+                self._heard = {k: v for k, v in listen(list(names), timeout, root).items()
+                               if v}
+            return dict(self._heard)
 
 
 def raw_from_inventory(inventory: dict[str, Any]) -> dict[str, Tlvs]:
