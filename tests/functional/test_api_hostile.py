@@ -410,3 +410,19 @@ def test_a_malformed_step_with_a_huge_argument_is_not_stored_or_logged(tmp_path)
         assert os.path.getsize(agent.log_path) < 256 * 1024
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("use_tls", [False, True])
+def test_an_early_error_answer_survives_a_client_still_sending(serve, use_tls: bool) -> None:
+    """The server refuses a header at 64 KiB; the client is still sending: it must get the 413.
+
+    Closing with the rest unread makes the kernel reset the connection, which
+    can destroy the answer; the server drops the rest of the request first.
+    """
+    srv, _ = serve(use_tls)
+    with connect(srv.port, use_tls) as s:
+        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000)
+        time.sleep(0.3)      # the server answers and would close meanwhile
+        s.sendall(b"a" * 30_000 + b"\r\n\r\n")
+        assert_envelope(*read_answer(s), 413)
+    status_ok(srv.port, use_tls)
