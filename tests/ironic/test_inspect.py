@@ -103,14 +103,24 @@ def test_auto_discovery_enrolls_an_unknown_machine(tmp_path_factory, tmp_path, i
         booted.start()
         nodes = harness.wait_until(lambda: api.request("GET", "/v1/nodes")["nodes"], 60,
                                    "Ironic to enroll the discovered machine")
-        node = harness.wait_until(
-            lambda: (lambda n: n if n["properties"].get("cpu_arch") else None)(
-                api.node(nodes[0]["uuid"])), 60, "the discovered node's properties")
+        # the hooks set properties first and store the inventory last: wait for that
+        stored = harness.wait_until(lambda: _stored_inventory(api, nodes[0]["uuid"]), 60,
+                                    "Ironic to store the discovered machine's inventory")
+        node = api.node(nodes[0]["uuid"])
         assert len(nodes) == 1 and node["driver"] == "fake-hardware"
-        stored = api.inventory(node["uuid"])
+        assert node["properties"].get("cpu_arch")
         inventory = stored["inventory"]
         assert stored["plugin_data"].get("auto_discovered") is True
         assert harness.host_mac() in {i.get("mac_address") for i in inventory["interfaces"]}
     finally:
         booted.stop()
         server.stop()
+
+
+def _stored_inventory(api, uuid: str) -> dict | None:
+    from realironic.client import IronicError
+
+    try:
+        return api.inventory(uuid)
+    except IronicError:         # 404 until the inspection data is stored
+        return None
