@@ -53,16 +53,20 @@ def build_iso(content: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
+def name_kind(iso: Any) -> str:
+    """pycdlib's path keyword for an ISO's long names: Rock Ridge, else Joliet, else ISO9660."""
+    if iso.has_rock_ridge():
+        return "rr_path"
+    if iso.has_joliet():
+        return "joliet_path"
+    return "iso_path"
+
+
 def iso_files(data: bytes) -> dict[str, bytes]:
     """Every file of an ISO image by its long name (Rock Ridge, else Joliet, else ISO9660)."""
     iso = _open(data)
     try:
-        if iso.has_rock_ridge():
-            kind = "rr_path"
-        elif iso.has_joliet():
-            kind = "joliet_path"
-        else:
-            kind = "iso_path"
+        kind = name_kind(iso)
         files = {}
         for root, _dirs, names in iso.walk(**{kind: "/"}):
             for name in names:

@@ -34,6 +34,7 @@ from typing import Any
 from agent import config, tools
 from agent.disk import vmedia as media
 from agent.errors import AgentError
+from agent.imaging import configdrive_build
 
 LOG = logging.getLogger(__name__)
 
@@ -213,12 +214,7 @@ def _read_iso(device: str, found: VmediaConfig) -> dict[str, bytes] | None:
 
 
 def _iso_files(iso: Any, found: VmediaConfig, device: str) -> dict[str, bytes]:
-    if iso.has_rock_ridge():
-        facade = "rr_path"
-    elif iso.has_joliet():
-        facade = "joliet_path"
-    else:
-        facade = "iso_path"
+    facade = configdrive_build.name_kind(iso)
     files: dict[str, bytes] = {}
     wanted_in = {"": PARAMS_FILE, "openstack/latest": "network_data.json"}
     for want_dir in ("", "openstack/latest", *CONFIG_DIRS):

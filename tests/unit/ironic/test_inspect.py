@@ -13,27 +13,10 @@ from typing import Any
 
 import pytest
 
-from agent import config as config_mod
 from agent.inspection import collectors
 from agent.ironic import inspect
 from agent.state import AgentState
-
-
-def cfg(**flags: Any) -> config_mod.Config:
-    return config_mod.load(read_proc=False, env={}, flags=flags)
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.unit.ironic.fakes import FakeTime, cfg
 
 
 class Callback:

@@ -6,7 +6,6 @@ import logging
 
 import pytest
 
-from agent import config as config_mod
 from agent.driver.standin import StandinController
 from agent.errors import LookupFailed
 from agent.ironic.http import ControllerClient
@@ -17,25 +16,7 @@ from agent.ironic.lookup import (
     lookup,
     resolve_token,
 )
-
-
-def cfg(**flags):
-    return config_mod.load(read_proc=False, env={}, flags=flags)
-
-
-class FakeTime:
-    """A clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.unit.ironic.fakes import FakeTime, cfg
 
 
 @pytest.fixture
