@@ -154,6 +154,24 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assemble_md_arrays(cfg: config.Config) -> None:
+    """Bring up the md arrays the disks describe, before lookup and inventory.
+
+    An array built by a RAID clean step must be there for the deploy after the
+    reboot, and in the inventory.  Only in a ramdisk: an agent tried on a
+    workstation must not assemble the host's arrays.  Nothing here may stop the
+    agent from starting.
+    """
+    if not config.is_ramdisk(cfg):
+        LOG.debug("not a ramdisk: md arrays are left as they are")
+        return
+    try:
+        from agent.hardware.raid import arrays
+        arrays.assemble_all()
+    except Exception as exc:  # noqa: BLE001 - a machine without arrays must still start
+        LOG.warning("could not assemble md arrays at start: %s", exc)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in (
         "listen_host", "listen_port", "standalone", "agent_token", "tls_cert_file",
@@ -181,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         mode = "no controller" + (": inspection only" if cfg.inspection_callback_url else "")
     LOG.info("deploy-agent %s starting (%s)", __version__, mode)
+    _assemble_md_arrays(cfg)
     try:
         vmedia.configure_network(media, cfg)    # static addresses before any traffic to Ironic
         if cfg.enable_vlan_interfaces:

@@ -73,6 +73,11 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
          arches=("ppc64el",)),
     Tool("chroot", "coreutils", "run the image's own grub (opt-in BIOS/PReP boot loader)",
          required=False),
+    # only machines given a software RAID config use these; the agent runs without them
+    Tool("mdadm", "mdadm", "software RAID: create, stop and assemble md arrays",
+         required=False),
+    Tool("grub-mkimage", "grub-common", "BIOS boot code on every member of a software RAID",
+         required=False, arches=("amd64",)),
     Tool("useradd", "passwd", "create the rescue user (rescue.finalize_rescue)", required=False),
     Tool("usermod", "passwd", "set the rescue user's password hash", required=False),
 ]}

@@ -7,6 +7,8 @@ then differs from what our own reader found, we do what ``partx`` does and
 add/delete exactly those partitions with BLKPG.  Finally we poll, with a
 deadline, until exactly the expected partitions exist in /sys/block and as
 block nodes in /dev (creating nodes ourselves when no udev or devtmpfs does).
+md arrays are read the same way: their partitions (md127p1) sit in sysfs
+beside md/, slaves/ and holders/, which carry no ``partition`` attribute.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from agent.disk import sysfs
+from agent.hardware.raid import arrays as md_arrays
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class Disk:
     serials: tuple[str, ...] = ()
     wwns: tuple[str, ...] = ()
     sysfs_path: str = ""
+    # md arrays only: the volume name given at creation and the /dev/md/NAME links
+    volume_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    member_disks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The inventory's disk object: exactly the reference's keys."""
@@ -70,6 +75,9 @@ class Disk:
         """Every value a root-device hint ``key`` may match on this disk."""
         if key == "serial":
             values = [self.serial, *self.serials]
+        elif key == "name":
+            # an array answers to /dev/md127 and to /dev/md/NAME alike
+            values = [self.name, *self.aliases]
         elif key in ("wwn", "wwn_with_extension"):
             # any identifier the disk is known by: short and extended WWNs
             values = [getattr(self, key), *self.wwns]
@@ -275,11 +283,26 @@ def read_disk(root: str, kname: str, kind: str, links: dict[str, str]) -> Disk |
     )
 
 
+def _with_array(disk: Disk, found: dict[str, md_arrays.MdArray]) -> Disk:
+    array = found.get(disk.kname)
+    if array is not None:
+        disk.volume_name = array.volume_name
+        disk.aliases = array.links
+        disk.member_disks = array.member_disks
+    return disk
+
+
 def list_disks(root: str = "/", include_loop: bool = False) -> list[Disk]:
-    """Whole disks, md arrays and multipath maps in natural name order."""
+    """Whole disks, md arrays and multipath maps in natural name order.
+
+    md arrays are listed (they are deploy targets) with their volume name; a
+    whole disk that is itself an array member is reported through its array.
+    """
     names = [n for n in sysfs.listdir(sysfs.path(root, "/sys/block"))]
     hidden = _hidden_members(root, names)
     links = _by_path_links(root)
+    found = ({a.kname: a for a in md_arrays.list_arrays(root)}
+             if any(n.startswith("md") for n in names) else {})
     disks = []
     for kname in names:
         if kname in hidden:
@@ -291,8 +314,15 @@ def list_disks(root: str = "/", include_loop: bool = False) -> list[Disk]:
             continue
         disk = read_disk(root, kname, kind, links)
         if disk is not None:
-            disks.append(disk)
+            disks.append(_with_array(disk, found) if kind == "md" else disk)
     return disks
+
+
+def read_member_disk(root: str, device: str) -> Disk | None:
+    """The Disk for a whole disk that ``list_disks`` hides because an array holds it."""
+    kname = os.path.basename(device)
+    kind = _kind(root, kname, include_loop=True)
+    return read_disk(root, kname, kind, _by_path_links(root)) if kind else None
 
 
 def list_partitions(disk: Disk) -> list[Partition]:

@@ -5,41 +5,88 @@ disk fails the step with all disks intact.  ``erase_devices`` tries, per
 disk: NVMe format → ATA secure erase → verified discard (opt-in) → overwrite
 (when the options allow one), with at most ``disk_erasure_concurrency``
 disks in flight and byte progress reported across all of them.
+
+md arrays: an array is never an erase target itself; its member disks are.
+Every array with a member on a disk to erase is stopped, and its members'
+superblocks zeroed, before the first disk is written, so an array holding a
+disk never fails the step.  Refused instead, before anything is stopped: an
+array that is in use (mounted, swap, LVM on it, open), one that also lies on
+a disk not being erased (stopping it would break that disk's data), and one
+that skip_block_devices keeps while its disks would be erased.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.context import CommandContext
-from agent.errors import Cancelled, CleaningError, DeviceNotFound, UnsafeDevice
+from agent.errors import AgentError, Cancelled, CleaningError, DeviceNotFound, UnsafeDevice
 from agent.hardware import erase_ata, erase_nvme, erase_overwrite, hints
-from agent.hardware.disks import Disk
+from agent.hardware.disks import Disk, read_member_disk
 from agent.hardware.erase_base import EraseFailed, EraseOptions, EraseUnsupported
-from agent.hardware.erase_guards import UsageSnapshot, refusal_reasons, virtual_media_reason
+from agent.hardware.erase_guards import (
+    UsageSnapshot,
+    array_as_disk,
+    array_refusal_reasons,
+    refusal_reasons,
+    virtual_media_reason,
+)
 from agent.hardware.erase_metadata import erase_metadata
+from agent.hardware.raid import arrays as md_arrays
+from agent.hardware.raid.arrays import MdArray
 
 LOG = logging.getLogger(__name__)
+SKIP_LISTED = "listed in properties.skip_block_devices"
 
 
-def plan(disks: Sequence[Disk], node: Any, options: EraseOptions, *,
-         guard_shared: bool) -> tuple[list[Disk], dict[str, str]]:
-    """Disks to erase and the ones skipped with why; raise UnsafeDevice if any is refused."""
+@dataclasses.dataclass
+class ErasePlan:
+    targets: list[Disk]                # whole disks to erase, in order
+    skipped: dict[str, str]            # device -> why it is left alone
+    arrays: list[MdArray]              # to stop (and forget) before the first write
+
+
+def _member_disks(arrays: Sequence[MdArray], listed: set[str], root: str) -> list[Disk]:
+    """Whole disks that are array members: the listing hides them behind their array."""
+    found: dict[str, Disk] = {}
+    for array in arrays:
+        # an inactive array is not listed (it has no size) but holds its disks all the same
+        if array.device not in listed and array.size > 0:
+            continue
+        for name in array.member_disks:
+            if name in listed or name in found:
+                continue
+            disk = read_member_disk(root, name)
+            if disk is not None:
+                found[name] = disk
+    return list(found.values())
+
+
+def prepare(disks: Sequence[Disk], node: Any, options: EraseOptions, *, guard_shared: bool,
+            arrays: Sequence[MdArray] | None = None, root: str = "/") -> ErasePlan:
+    """Decide everything; raise UnsafeDevice naming every refusal before anything is done."""
     try:
         skip_parsed = hints.parse_skip_list(hints.skip_list_from_node(node))
     except DeviceNotFound as exc:
         raise CleaningError(exc.details) from None
-    usage = UsageSnapshot()
+    found = list(md_arrays.list_arrays(root) if arrays is None else arrays)
+    listed = {d.name: d for d in disks}
+    # an array answers to the skip list as the listing shows it
+    as_disk = {a.device: listed.get(a.device) or array_as_disk(a) for a in found}
+    kept = {a.device for a in found if hints.skipped_by(as_disk[a.device], skip_parsed)}
+    candidates = [d for d in disks if d.kind != "md"]
+    candidates += _member_disks([a for a in found if a.device not in kept], set(listed), root)
     targets: list[Disk] = []
     skipped: dict[str, str] = {}
     refused: list[str] = []
-    for disk in disks:
+    for disk in candidates:
         if hints.skipped_by(disk, skip_parsed):
-            skipped[disk.name] = "listed in properties.skip_block_devices"
+            skipped[disk.name] = SKIP_LISTED
             continue
         # before the read-only check: the boot ISO is read-only and must be skipped, not refused
         media = virtual_media_reason(disk)
@@ -53,23 +100,81 @@ def plan(disks: Sequence[Disk], node: Any, options: EraseOptions, *,
             refused.append(f"{disk.name} is read-only (set agent_erase_skip_read_only to "
                            "skip read-only devices)")
             continue
-        reasons = refusal_reasons(disk, usage, guard_shared=guard_shared)
+        targets.append(disk)
+    erasing = {d.name for d in targets}
+    stopping = [a for a in found if erasing.intersection(a.member_disks)]
+    usage = UsageSnapshot(root)
+    for array in stopping:
+        refused += _array_refusals(array, array.device in kept, erasing, skipped, usage,
+                                   guard_shared)
+    for md in (d for d in disks if d.kind == "md"):
+        if md.name in kept:
+            skipped.setdefault(md.name, SKIP_LISTED)
+        elif md.name not in {a.device for a in stopping}:
+            skipped[md.name] = "an md array with no member on a disk being erased"
+    names = {a.kname for a in stopping}
+    for disk in targets:
+        reasons = refusal_reasons(disk, usage, guard_shared=guard_shared, stopping=names)
         if reasons:
             refused.append(f"{disk.name}: {'; '.join(reasons)}")
-            continue
-        targets.append(disk)
     if refused:
         raise UnsafeDevice("refusing to erase; nothing was written: " + " | ".join(refused))
     for name, why in skipped.items():
         LOG.info("not erasing %s: %s", name, why)
-    return targets, skipped
+    return ErasePlan(targets, skipped, stopping)
+
+
+def _array_refusals(array: MdArray, kept: bool, erasing: set[str], skipped: dict[str, str],
+                    usage: UsageSnapshot, guard_shared: bool) -> list[str]:
+    label = f"md array {array.device}" + (f" ({array.volume_name})" if array.volume_name
+                                          else "")
+    on = ", ".join(d for d in array.member_disks if d in erasing)
+    if kept:
+        return [f"{label} is listed in properties.skip_block_devices but has members on "
+                f"{on}, which would be erased; skip those disks too, or unlist the array"]
+    reasons = [f"{label} also lies on {d} ({skipped.get(d, 'not among the disks to erase')});"
+               f" stopping it to erase {on} would break it there"
+               for d in array.member_disks if d not in erasing]
+    reasons += [f"{label} must be stopped to erase {on}, but {why}"
+                for why in array_refusal_reasons(array, usage, guard_shared=guard_shared)]
+    return reasons
+
+
+def plan(disks: Sequence[Disk], node: Any, options: EraseOptions, *,
+         guard_shared: bool) -> tuple[list[Disk], dict[str, str]]:
+    """Disks to erase and the ones skipped with why; raise UnsafeDevice if any is refused."""
+    decided = prepare(disks, node, options, guard_shared=guard_shared)
+    return decided.targets, decided.skipped
+
+
+def _stop_arrays(decided: ErasePlan) -> None:
+    """Stop the planned arrays and zero their members' superblocks: nothing may reassemble."""
+    if not decided.arrays:
+        return
+    try:
+        md_arrays.stop_and_forget(decided.arrays)
+    except AgentError as exc:
+        raise CleaningError(f"could not stop the md arrays on the disks to erase "
+                            f"({', '.join(a.device for a in decided.arrays)}): "
+                            f"{exc.details}") from None
+
+
+def _result(decided: ErasePlan, erased: dict[str, str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"erased": erased, "skipped": decided.skipped}
+    if decided.arrays:
+        result["arrays_stopped"] = [a.device for a in decided.arrays]
+    return result
 
 
 def erase_devices_metadata(disks: Sequence[Disk], node: Any, options: EraseOptions,
-                           ctx: CommandContext | None = None, *,
-                           guard_shared: bool = True) -> dict[str, Any]:
+                           ctx: CommandContext | None = None, *, guard_shared: bool = True,
+                           arrays: Sequence[MdArray] | None = None,
+                           root: str = "/") -> dict[str, Any]:
     ctx = ctx or CommandContext("local", "erase")
-    targets, skipped = plan(disks, node, options, guard_shared=guard_shared)
+    decided = prepare(disks, node, options, guard_shared=guard_shared, arrays=arrays,
+                      root=root)
+    targets = decided.targets
+    _stop_arrays(decided)
     erased: dict[str, str] = {}
     ctx.progress.update(phase="erase_devices_metadata", done=0, total=len(targets),
                         unit="devices")
@@ -77,15 +182,19 @@ def erase_devices_metadata(disks: Sequence[Disk], node: Any, options: EraseOptio
         ctx.check_cancelled()
         erased[disk.name] = erase_metadata(disk)
         ctx.progress.update(done=done, current=disk.name)
-    return {"erased": erased, "skipped": skipped}
+    return _result(decided, erased)
 
 
 def erase_devices_express(disks: Sequence[Disk], node: Any, options: EraseOptions,
-                          ctx: CommandContext | None = None, *,
-                          guard_shared: bool = True) -> dict[str, Any]:
+                          ctx: CommandContext | None = None, *, guard_shared: bool = True,
+                          arrays: Sequence[MdArray] | None = None,
+                          root: str = "/") -> dict[str, Any]:
     """NVMe format where it applies, a metadata wipe everywhere else (fast)."""
     ctx = ctx or CommandContext("local", "erase")
-    targets, skipped = plan(disks, node, options, guard_shared=guard_shared)
+    decided = prepare(disks, node, options, guard_shared=guard_shared, arrays=arrays,
+                      root=root)
+    targets = decided.targets
+    _stop_arrays(decided)
     names = [d.name for d in targets]
     erased: dict[str, str] = {}
     ctx.progress.update(phase="erase_devices_express", done=0, total=len(targets),
@@ -100,7 +209,7 @@ def erase_devices_express(disks: Sequence[Disk], node: Any, options: EraseOption
             LOG.info("%s: no NVMe format (%s); wiping metadata instead", disk.name, exc)
             erased[disk.name] = erase_metadata(disk)
         ctx.progress.update(done=done, current=disk.name)
-    return {"erased": erased, "skipped": skipped}
+    return _result(decided, erased)
 
 
 class _ByteProgress:
@@ -170,10 +279,13 @@ def erase_one(disk: Disk, options: EraseOptions, erasing: Sequence[str],
 
 
 def erase_devices(disks: Sequence[Disk], node: Any, options: EraseOptions,
-                  ctx: CommandContext | None = None, *,
-                  guard_shared: bool = True) -> dict[str, Any]:
+                  ctx: CommandContext | None = None, *, guard_shared: bool = True,
+                  arrays: Sequence[MdArray] | None = None, root: str = "/") -> dict[str, Any]:
     ctx = ctx or CommandContext("local", "erase")
-    targets, skipped = plan(disks, node, options, guard_shared=guard_shared)
+    decided = prepare(disks, node, options, guard_shared=guard_shared, arrays=arrays,
+                      root=root)
+    targets = decided.targets
+    _stop_arrays(decided)
     progress = _ByteProgress(ctx, targets)
     names = [d.name for d in targets]
     erased: dict[str, str] = {}
@@ -203,4 +315,4 @@ def erase_devices(disks: Sequence[Disk], node: Any, options: EraseOptions,
         raise CleaningError("erase failed on " + "; ".join(
             f"{n}: {why}" if not why.startswith(n) else why for n, why in sorted(failed.items()))
             + (f" (erased: {', '.join(sorted(erased))})" if erased else ""))
-    return {"erased": erased, "skipped": skipped}
+    return _result(decided, erased)

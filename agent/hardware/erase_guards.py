@@ -7,19 +7,26 @@ held by md/dm, or open by a process other than udev's probers), read-only
 (unless the node says to skip those), or carries a shared-SAN filesystem —
 VMFS, GPFS or GFS2, by signature or by partition type — because erasing a
 LUN shared with other hosts destroys their data.
+
+An md array holding a disk is not a reason by itself when the erase stops
+that array first (``stopping``); the array is then checked instead, as a
+whole: mounted, swap, held (LVM on md), open, or a shared-SAN filesystem
+inside it all refuse the erase.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Collection, Iterable
 
 from agent import tools
 from agent.disk import partition_table, vmedia
-from agent.disk.usage import Node, UsageSnapshot
+from agent.disk.usage import Node, UsageSnapshot, Use
 from agent.errors import AgentError
 from agent.hardware.disks import Disk, Partition, list_partitions
+from agent.hardware.raid.arrays import MdArray
 
 LOG = logging.getLogger(__name__)
 
@@ -34,13 +41,29 @@ SHARED_PART_TYPES = {
 }
 
 
-def in_use_reasons(disk: Disk, parts: Iterable[Partition], usage: UsageSnapshot) -> list[str]:
-    """Why ``disk`` or one of ``parts`` is in use, node by node (empty: idle)."""
+_HOLDER_NODE = re.compile(r"/dev/(\S+)")
+
+
+def _stopped_holder(use: Use, stopping: Collection[str]) -> bool:
+    if use.kind != "holder":
+        return False
+    match = _HOLDER_NODE.search(use.detail)
+    return bool(match and match.group(1) in stopping)
+
+
+def in_use_reasons(disk: Disk, parts: Iterable[Partition], usage: UsageSnapshot, *,
+                   stopping: Collection[str] = ()) -> list[str]:
+    """Why ``disk`` or one of ``parts`` is in use, node by node (empty: idle).
+
+    ``stopping``: kernel names of md arrays the caller stops first; their hold
+    on a member is no reason.
+    """
     nodes = [Node(disk.name, os.makedev(*disk.devno), disk.sysfs_path)] + [
         Node(p.name, os.makedev(*p.devno),
              os.path.join(disk.sysfs_path, os.path.basename(p.name)))
         for p in parts]
-    return [use.describe() for use in usage.uses_of(nodes)]
+    return [use.describe() for use in usage.uses_of(nodes)
+            if not _stopped_holder(use, stopping)]
 
 
 def _probe(device: str, offset: int | None = None, size: int | None = None) -> dict[str, str]:
@@ -88,10 +111,37 @@ def virtual_media_reason(disk: Disk) -> str | None:
     return vmedia.reason(medium) if medium is not None else None
 
 
-def refusal_reasons(disk: Disk, usage: UsageSnapshot, *, guard_shared: bool) -> list[str]:
+def refusal_reasons(disk: Disk, usage: UsageSnapshot, *, guard_shared: bool,
+                    stopping: Collection[str] = ()) -> list[str]:
     """Every reason ``disk`` must not be erased (empty: safe to erase)."""
     parts = list_partitions(disk)
-    reasons = in_use_reasons(disk, parts, usage)
+    reasons = in_use_reasons(disk, parts, usage, stopping=stopping)
     if guard_shared:
+        reasons += shared_san_reasons(disk, parts)
+    return reasons
+
+
+def _present(device: str) -> bool:
+    return os.path.exists(device)
+
+
+def array_as_disk(array: MdArray) -> Disk:
+    """An md array as the Disk the listing would show (skip lists match on it)."""
+    return Disk(name=array.device, size=array.size, kname=array.kname,
+                devno=array.devno or (0, 0), kind="md", sysfs_path=array.sysfs_dir,
+                volume_name=array.volume_name, aliases=array.links,
+                member_disks=array.member_disks)
+
+
+def array_refusal_reasons(array: MdArray, usage: UsageSnapshot, *,
+                          guard_shared: bool) -> list[str]:
+    """Every reason the erase must not stop ``array`` (empty: safe to stop)."""
+    if array.devno is None:
+        return []
+    disk = array_as_disk(array)
+    parts = list_partitions(disk)
+    reasons = in_use_reasons(disk, parts, usage)
+    # a stopped array's contents are gone from view: look inside while it runs
+    if guard_shared and array.size > 0 and _present(array.device):
         reasons += shared_san_reasons(disk, parts)
     return reasons

@@ -1,4 +1,4 @@
-"""The generic hardware manager: inventory, install disk and the erase steps.
+"""The generic hardware manager: inventory, install disk, the erase and software RAID steps.
 
 It supports every machine at the lowest level, so vendor managers loaded
 through the entry-point group take precedence for anything they implement.
@@ -10,8 +10,10 @@ import logging
 from typing import Any
 
 from agent.context import CommandContext
+from agent.errors import CleaningError, DeploymentError
 from agent.hardware import disks, erase, hints, managers
 from agent.hardware.erase_base import EraseOptions, options_from_node
+from agent.hardware.raid import steps as raid_steps
 
 LOG = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ def _step(name: str, priority: int, *, abortable: bool = True) -> dict[str, Any]
 class GenericHardwareManager(managers.HardwareManager):
     NAME = "generic_hardware_manager"
     # bump whenever the step set or a priority changes (reference §4.3)
-    VERSION = "1.0"
+    VERSION = "1.1"
 
     def evaluate_hardware_support(self) -> int:
         return managers.SupportLevel.GENERIC
@@ -52,15 +54,15 @@ class GenericHardwareManager(managers.HardwareManager):
     # -- steps ----------------------------------------------------------------------
     def get_clean_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         return [_step("erase_devices_metadata", 99), _step("erase_devices", 10),
-                _step("erase_devices_express", 0)]
+                _step("erase_devices_express", 0), *raid_steps.clean_steps()]
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         step = _step("erase_devices_metadata", 0)
         del step["abortable"]
-        return [step]
+        return [step, *raid_steps.deploy_steps()]
 
     def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
-        return []
+        return raid_steps.service_steps()
 
     def _options(self, node: Any) -> EraseOptions:
         return options_from_node(node, discard=self.config.enable_discard_erase)
@@ -85,3 +87,30 @@ class GenericHardwareManager(managers.HardwareManager):
         return erase.erase_devices_express(
             managers.list_disks(self.state), node, options, ctx,
             guard_shared=self.config.guard_special_filesystems)
+
+    # -- software RAID (interface "raid") --------------------------------------------
+    def create_configuration(self, node: Any, ports: Any, create_root_volume: Any = True,
+                             create_nonroot_volumes: Any = True,
+                             ctx: CommandContext | None = None) -> dict[str, Any]:
+        raid_config = raid_steps.target_config(node, create_root_volume,
+                                               create_nonroot_volumes)
+        return raid_steps.create(
+            managers.list_disks(self.state), node, raid_config, ctx, delete_existing=False,
+            guard_shared=self.config.guard_special_filesystems,
+            error_cls=raid_steps.error_class(node, CleaningError))
+
+    def apply_configuration(self, node: Any, ports: Any, raid_config: Any,
+                            delete_existing: Any = True,
+                            ctx: CommandContext | None = None) -> dict[str, Any]:
+        return raid_steps.create(
+            managers.list_disks(self.state), node, raid_config, ctx,
+            delete_existing=raid_steps.flag("delete_existing", delete_existing),
+            guard_shared=self.config.guard_special_filesystems,
+            error_cls=raid_steps.error_class(node, DeploymentError))
+
+    def delete_configuration(self, node: Any, ports: Any,
+                             ctx: CommandContext | None = None) -> dict[str, Any]:
+        return raid_steps.delete(
+            managers.list_disks(self.state), node, ctx,
+            guard_shared=self.config.guard_special_filesystems,
+            error_cls=raid_steps.error_class(node, CleaningError))

@@ -5,6 +5,12 @@ URL-quoted on both sides, so ``"Samsung SSD"`` matches ``samsung ssd``;
 ``size`` is in GiB; ``serial`` and the WWN keys match any identifier the disk
 is known by.  Hints are validated as a whole before any disk is looked at, and
 every problem is a ``DeviceNotFound`` naming the hint.
+
+Software RAID: md arrays are disks here.  ``volume_name`` matches an array's
+volume name, ``name`` matches /dev/md127 and /dev/md/NAME alike, and a disk
+holding members of an array is never chosen (writing it would break the
+array).  A node with no hints whose ``target_raid_config`` asks for software
+RAID deploys onto its root volume (``is_root_volume``, else the first).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from agent.hardware.disks import GIB, Disk
 
 MIN_DEFAULT_SIZE = 4 * GIB
 STRING_HINTS = ("model", "vendor", "serial", "wwn", "wwn_with_extension",
-                "wwn_vendor_extension", "name", "hctl", "by_path", "tran")
+                "wwn_vendor_extension", "name", "hctl", "by_path", "tran", "volume_name")
 VALID_HINTS = (*STRING_HINTS, "size", "rotational")
-# skip_block_devices may name software-RAID volumes; there are none to match here
-SKIP_ONLY_KEYS = ("volume_name",)
+# keys skip_block_devices accepts beyond the hints (none since volume_name is a hint)
+SKIP_ONLY_KEYS: tuple[str, ...] = ()
+SOFTWARE_RAID = "software"
 
 _NUMERIC: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt,
@@ -160,7 +167,7 @@ def parse_hints(hints: Any, *, allow: Iterable[str] = ()) -> list[Hint]:
             parsed.append(_parse_rotational(raw))
         elif key in STRING_HINTS:
             parsed.append(_parse_string(key, raw))
-        # keys only allowed by the caller (volume_name) carry nothing to match here
+        # keys only allowed by the caller carry nothing to match here
     return parsed
 
 
@@ -210,6 +217,24 @@ def _summary(disks: Sequence[Disk]) -> str:
         f"wwn={d.wwn}, tran={d.tran}, rotational={d.rotational})" for d in disks)
 
 
+def _arrays_summary(disks: Sequence[Disk]) -> str:
+    arrays = [d for d in disks if d.kind == "md"]
+    if not arrays:
+        return "no md arrays were found"
+    return "md arrays seen: " + "; ".join(
+        f"{d.name} (volume_name={d.volume_name}, {d.size_gib:.1f} GiB, members on "
+        f"{', '.join(d.member_disks) or 'no disks'})" for d in arrays)
+
+
+def _array_holders(disks: Sequence[Disk]) -> dict[str, str]:
+    """Disk name -> the array holding part of it, for every listed md array."""
+    held: dict[str, str] = {}
+    for disk in disks:
+        for member in disk.member_disks:
+            held.setdefault(member, disk.name)
+    return held
+
+
 def skipped_by(disk: Disk, skip_parsed: Sequence[Sequence[Hint]]) -> bool:
     """True when any skip_block_devices entry (with hints to match) names ``disk``."""
     return any(entry and matches(disk, entry) for entry in skip_parsed)
@@ -232,6 +257,14 @@ def select_root_device(disks: Sequence[Disk], hints: Mapping[str, Any] | None,
     candidates = [d for d in disks if not skipped_by(d, skip_parsed)]
     skipped = [d.name for d in disks if d not in candidates]
     skip_note = f"; skipped by skip_block_devices: {', '.join(skipped)}" if skipped else ""
+    # the array is the device to write; its member disks are not free to take
+    held = _array_holders(disks)
+    if held:
+        members = [d for d in candidates if d.name in held]
+        candidates = [d for d in candidates if d.name not in held]
+        if members:
+            skip_note += "; skipped as md array members: " + ", ".join(
+                f"{d.name} ({held[d.name]})" for d in members)
     # Ironic's virtual media, whatever the hints say: writing there loses the boot config
     media = [d for d in candidates
              if vmedia.classify(d.name, read_only=d.read_only, kname=d.kname)]
@@ -245,9 +278,11 @@ def select_root_device(disks: Sequence[Disk], hints: Mapping[str, Any] | None,
                           f"{', '.join(h.describe() for h in parsed)} "
                           f"(first match of {len(candidates)} candidate disk(s)){skip_note}")
                 return disk, reason
+        arrays_note = (f"; {_arrays_summary(disks)}"
+                       if any(h.key == "volume_name" for h in parsed) else "")
         raise DeviceNotFound("No suitable device was found for deployment using these hints "
-                             f"{json.dumps(dict(hints or {}), sort_keys=True)}{skip_note}; "
-                             f"{_summary(candidates)}")
+                             f"{json.dumps(dict(hints or {}), sort_keys=True)}{skip_note}"
+                             f"{arrays_note}; {_summary(candidates)}")
     for disk in sorted(candidates, key=lambda d: (d.size, d.name)):
         if disk.size >= MIN_DEFAULT_SIZE:
             reason = (f"{disk.name} is the smallest disk of at least 4 GiB "
@@ -258,14 +293,44 @@ def select_root_device(disks: Sequence[Disk], hints: Mapping[str, Any] | None,
                          f"{_summary(candidates)}")
 
 
+def raid_root_volume(node: Mapping[str, Any] | None) -> str | None:
+    """Volume name of the software-RAID root volume the node's RAID config asks for.
+
+    ``target_raid_config`` (steps get it) or ``driver_internal_info.target_raid_config``
+    (Ironic copies it there for the agent RAID interface); the volume marked
+    ``is_root_volume``, else the first software logical disk.  A volume without a
+    name is called ``md<position>``, as the RAID step names it.
+    """
+    node = node or {}
+    for config in (node.get("target_raid_config"),
+                   (node.get("driver_internal_info") or {}).get("target_raid_config")):
+        logical = config.get("logical_disks") if isinstance(config, Mapping) else None
+        if not isinstance(logical, list):
+            continue
+        software = [(i, ld) for i, ld in enumerate(logical)
+                    if isinstance(ld, Mapping) and ld.get("controller") == SOFTWARE_RAID]
+        if not software:
+            continue
+        index, root = next(((i, ld) for i, ld in software if ld.get("is_root_volume") is True),
+                           software[0])
+        name = root.get("volume_name")
+        return name if isinstance(name, str) and name else f"md{index}"
+    return None
+
+
 def hints_from_node(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """instance_info.root_device, else properties.root_device (reference §9.2)."""
+    """instance_info.root_device, else properties.root_device (reference §9.2).
+
+    Without either, a node whose RAID config asks for software RAID deploys onto
+    the root volume: ``{"volume_name": <its name>}``.
+    """
     node = node or {}
     for section in ("instance_info", "properties"):
         value = (node.get(section) or {}).get("root_device")
         if value:
             return value
-    return None
+    volume = raid_root_volume(node)
+    return {"volume_name": volume} if volume else None
 
 
 def skip_list_from_node(node: Mapping[str, Any] | None) -> Any:

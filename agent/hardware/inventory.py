@@ -3,6 +3,11 @@
 Each part is read by its own module.  A part that fails is reported as null
 and its reason logged: an unreadable DMI table must not stop a node from
 being inspected or deployed.
+
+``raid_arrays`` is this agent's addition (Ironic keeps unknown keys as they
+are): every md array with its members and the whole disks they lie on, so an
+operator can see which listed disks an array holds.  The arrays themselves
+are in ``disks`` too, as deploy targets.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.hardware import bmc, boot, cpu, disks, dmi, interfaces, memory
+from agent.hardware.raid import arrays as md_arrays
 
 LOG = logging.getLogger(__name__)
 
@@ -25,6 +31,14 @@ def _part(name: str, reader: Callable[[], Any]) -> Any:
         LOG.warning("inventory part %r could not be read and is null: %s: %s",
                     name, type(exc).__name__, exc)
         return None
+
+
+def raid_arrays(root: str = "/") -> list[dict[str, Any]]:
+    """The inventory's ``raid_arrays``: one object per md array, running or not."""
+    return [{"name": a.device, "volume_name": a.volume_name, "raid_level": a.level,
+             "members": list(a.members), "member_disks": list(a.member_disks),
+             "state": a.state, "size": a.size, "metadata": a.metadata}
+            for a in md_arrays.list_arrays(root)]
 
 
 def collect(config: Any, *, root: str = "/",
@@ -41,6 +55,7 @@ def collect(config: Any, *, root: str = "/",
             root, live=live, lldp_timeout=lldp_timeout, lldp_cache=lldp_cache)),
         "cpu": _part("cpu", lambda: cpu.collect(root, arch=arch)),
         "disks": _part("disks", lambda: [d.to_dict() for d in lister()]),
+        "raid_arrays": _part("raid_arrays", lambda: raid_arrays(root)),
         "memory": _part("memory", lambda: memory.collect(root)),
         "system_vendor": _part("system_vendor", lambda: dmi.collect(root)),
         "boot": _part("boot", lambda: boot.collect(root, getattr(config, "bootif", None))),

@@ -28,7 +28,7 @@ import os
 import platform
 from types import TracebackType
 
-from agent.disk import blockdev, partition_edit
+from agent.disk import blockdev, partition_edit, reread
 from agent.disk import partition_table as pt
 from agent.errors import AgentError, DeploymentError, InvalidImage
 from agent.imaging import formats, image_info, partition_image
@@ -125,6 +125,7 @@ class Plan:
 def plan(state: AgentState, spec: image_info.ImageSpec, device: str,
          data: bytes | None) -> Plan:
     """Step 1: sizes, the target, the layout against the disk, a preserved ephemeral."""
+    refuse_md(device)
     raw = spec.raw
     node = state.node or {}
     cpu_arch = (node.get("properties") or {}).get("cpu_arch") or platform.machine()
@@ -145,6 +146,21 @@ def plan(state: AgentState, spec: image_info.ImageSpec, device: str,
     if chosen.preserve_ephemeral and chosen.ephemeral_mb:
         partition_image.check_preservable(device, label, specs)
     return chosen
+
+
+def refuse_md(device: str) -> None:
+    """Partition images do not go onto software RAID: say so before anything is touched.
+
+    Their boot partitions (ESP, BIOS boot, PReP) would be created inside the
+    array, where no firmware looks; they belong on the member disks, which
+    this layout does not do.  Whole-disk images are supported on md devices.
+    """
+    name = os.path.basename(os.path.realpath(device))
+    if os.path.isdir(os.path.join(reread.SYS_BLOCK, name, "md")):
+        raise DeploymentError(
+            f"partition images cannot be deployed onto the software RAID device {device}: "
+            "their boot partitions would land inside the array, where firmware cannot read "
+            "them. Use a whole-disk image for software RAID")
 
 
 class PartitionedDisk:

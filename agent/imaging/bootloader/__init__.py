@@ -5,7 +5,10 @@ it each do one thing: ``devices`` finds partitions, ``mounts`` mounts and
 always unmounts, ``loaders`` reads an ESP tree, ``efibootmgr`` writes NVRAM,
 ``uefi`` composes those, ``chroot`` prepares the image's root for its own
 programs, ``devicemap`` names the install disk for grub while it runs, and
-``grub_bios`` / ``prep`` run the image's grub (opt-in only).
+``grub_bios`` / ``prep`` run the image's grub (opt-in only).  For an md install
+disk, ``raid`` finds the member disks and ``raid_bios`` (ramdisk-built grub on
+every member) or ``raid_uefi`` (mirrored ESP on every member, NVRAM entry per
+member) makes each of them bootable.
 """
 
 from agent.imaging.bootloader.install import CVE_MESSAGE, Outcome, Request, install_bootloader

@@ -8,6 +8,11 @@
    therefore opt-in (``enable_bios_bootloader_install``, CVE-2026-43003):
    BIOS grub on x86, or grub in the PReP partition on ppc64le.
 
+An md install disk (software RAID) takes its own path instead (``raid``):
+boot code built from the ramdisk's grub on every member disk for BIOS, a
+mirrored ESP on every member with one NVRAM entry each for UEFI.  It runs
+nothing from the image, so it needs no opt-in.
+
 ``ignore_failure`` turns a failed path into a logged warning, as IPA's
 ``ignore_bootloader_failure`` does; cancellation is never ignored.
 """
@@ -20,7 +25,7 @@ import platform
 
 from agent.context import CommandContext
 from agent.errors import AgentError, Cancelled, CommandExecutionError, DeviceNotFound, InvalidImage
-from agent.imaging.bootloader import devices, grub_bios, prep, uefi
+from agent.imaging.bootloader import devices, grub_bios, prep, raid, raid_bios, raid_uefi, uefi
 from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
@@ -45,8 +50,10 @@ class Outcome:
     """What was done, for the log and for tests; the command itself returns null."""
 
     disk: str
-    path: str                      # 'uefi', 'whole-disk', 'grub-bios', 'prep', 'ignored'
+    # 'uefi', 'whole-disk', 'grub-bios', 'prep', 'raid-bios', 'raid-uefi', 'ignored'
+    path: str
     uefi: uefi.UefiOutcome | None = None
+    raid: raid_bios.BiosOutcome | raid_uefi.UefiRaidOutcome | None = None
     ignored: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -59,6 +66,20 @@ def install_bootloader(state: AgentState, request: Request, *, ctx: CommandConte
     disk, reason = find_install_disk(state, ctx)
     LOG.info("installing the boot loader on %s (%s): %s", disk.name, reason, request)
     outcome = Outcome(disk=disk.name, path="")
+    try:
+        array = raid.array_for(disk)
+    except Exception as exc:  # noqa: BLE001
+        _fail_or_ignore(exc, request, outcome, "software RAID boot")
+        outcome.path = "ignored"
+        return outcome
+    if array is not None:
+        _phase(ctx, "software RAID")
+        try:
+            outcome.path = _raid_path(disk.name, array, request, arch, outcome)
+        except Exception as exc:  # noqa: BLE001
+            _fail_or_ignore(exc, request, outcome, "software RAID boot")
+            outcome.path = "ignored"
+        return outcome
     _phase(ctx, "uefi")
     if uefi.nvram_available() and not arch.startswith("ppc64"):
         if request.target_boot_mode != "uefi":
@@ -108,6 +129,21 @@ def _grub_path(disk: str, request: Request, arch: str) -> str:
             "whole-disk image) carries its own loader")
     grub_bios.install(disk, root_device, arch=arch)
     return "grub-bios"
+
+
+def _raid_path(md_device: str, array: raid.MdArray, request: Request, arch: str,
+               outcome: Outcome) -> str:
+    members = raid.member_disks(array)
+    LOG.info("install disk %s is software RAID: %s", md_device, array.describe())
+    if arch.startswith("ppc64"):
+        raise CommandExecutionError("booting ppc64 from a software RAID install disk is not "
+                                    "supported; deploy onto a single disk")
+    if request.target_boot_mode == "uefi" or uefi.efi_booted():
+        outcome.raid = raid_uefi.install(md_device, members, request.efi_system_part_uuid,
+                                         arch=arch)
+        return "raid-uefi"
+    outcome.raid = raid_bios.install(md_device, members, request.root_uuid)
+    return "raid-bios"
 
 
 def _fail_or_ignore(exc: BaseException, request: Request, outcome: Outcome, what: str) -> None:

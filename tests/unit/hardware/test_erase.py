@@ -27,9 +27,9 @@ class Ctx:
 @pytest.fixture
 def no_guards(monkeypatch):
     refusals = {}
-    monkeypatch.setattr(erase, "UsageSnapshot", lambda: None)
+    monkeypatch.setattr(erase, "UsageSnapshot", lambda *a, **k: None)
     monkeypatch.setattr(erase, "refusal_reasons",
-                        lambda disk, usage, guard_shared: refusals.get(disk.name, []))
+                        lambda disk, usage, guard_shared, stopping=(): refusals.get(disk.name, []))
     return refusals
 
 

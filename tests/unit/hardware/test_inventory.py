@@ -7,12 +7,13 @@ import types
 
 from agent import tools
 from agent.hardware import cpu, inventory
+from tests.unit.hardware.fake_md import add_md, add_virtio_disk, mirror_tree
 from tests.unit.hardware.fake_sysfs import server_tree, write
 from tests.unit.hardware.tool_fakes import FakeTools, fixture
 
 PPC = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "hardware", "ppc64le")
 KEYS = {"interfaces", "cpu", "disks", "memory", "bmc_address", "bmc_v6address",
-        "system_vendor", "boot", "hostname"}
+        "system_vendor", "boot", "hostname", "raid_arrays"}
 
 
 def config(**kw):
@@ -32,6 +33,7 @@ def test_ppc64le_fixture_inventory():
                            "pxe_interface": "01-0c-c4-7a-12-34-56"}
     assert inv["bmc_address"] is None and inv["bmc_v6address"] is None
     assert inv["disks"] == [] and inv["interfaces"] == []
+    assert inv["raid_arrays"] == []
 
 
 def test_a_failing_part_is_null_and_logged(tmp_path, monkeypatch, caplog):
@@ -62,3 +64,23 @@ def test_bmc_mac_key_only_when_found(tmp_path, monkeypatch):
         {("ipmitool", "lan", "print", "1"): fixture("ipmitool_lan_print_unset.txt")}))
     inv = inventory.collect(config(), root=str(tmp_path), live=False, disk_lister=list)
     assert "bmc_mac" not in inv and inv["bmc_address"] == "0.0.0.0"
+
+
+def test_raid_arrays_and_their_member_disks(tmp_path):
+    mirror_tree(tmp_path, names=("root",))
+    vdc = add_virtio_disk(tmp_path, "vdc", 6)
+    vdd = add_virtio_disk(tmp_path, "vdd", 7)
+    add_md(tmp_path, "md0", [vdc, vdd], level="raid0", names=("scratch",))
+    write(tmp_path / "proc/meminfo", "MemTotal:       1024 kB\n")
+    inv = inventory.collect(config(), root=str(tmp_path), live=False)
+    # arrays are deploy targets; a whole-disk member is reported through its array only
+    assert [d["name"] for d in inv["disks"]] == ["/dev/md0", "/dev/md127", "/dev/vda",
+                                                 "/dev/vdb"]
+    assert inv["raid_arrays"] == [
+        {"name": "/dev/md0", "volume_name": "scratch", "raid_level": "0",
+         "members": ["/dev/vdc", "/dev/vdd"], "member_disks": ["/dev/vdc", "/dev/vdd"],
+         "state": "clean", "size": 41943040 * 512, "metadata": "1.2"},
+        {"name": "/dev/md127", "volume_name": "root", "raid_level": "1",
+         "members": ["/dev/vda2", "/dev/vdb2"], "member_disks": ["/dev/vda", "/dev/vdb"],
+         "state": "clean", "size": 20967424 * 512, "metadata": "1.2"}]
+    assert set(inv) == KEYS
