@@ -206,6 +206,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from agent.hardware.vlan import create_vlan_interfaces
             # before the DHCP wait and the lookup, which may need these VLANs
             create_vlan_interfaces(cfg)
+        from agent.hardware import clock
+        # once the network is up and before any TLS: a clock years off makes
+        # Ironic's certificate "not yet valid" and dates our auto-TLS one wrongly
+        clock.sync_at_start(cfg)
         node_uuid = None
         if cfg.inspection_callback_url and not cfg.standalone:
             from agent.ironic.inspect import run_inspection

@@ -175,8 +175,8 @@ class Config:
     image_download_max_duration: float = setting(
         _number(float, 0), 0.0, "total image download limit, seconds (0 = none)",
         ("ipa-image-download-max-duration",))
-    ntp_server: str | None = setting(
-        _opt_str, None, "NTP server to sync with", ("ipa-ntp-server",), inert=True)
+    ntp_server: str | None = setting(_opt_str, None, "NTP servers, host/IP[:port], comma-"
+        "separated, tried in order: set clock and RTC at start and power-off", ("ipa-ntp-server",))
     inspection_callback_url: str | None = setting(
         _opt_str, None, "inspection endpoint: inspect at start and post there",
         ("ipa-inspection-callback-url",))
@@ -201,7 +201,7 @@ class Config:
     ignore_bootloader_failure: bool = setting(
         parse_bool, False, "tolerate bootloader failures", ("ipa-ignore-bootloader-failure",))
     inject_files_priority: int = setting(_number(int, 0), 0, "priority of the inject_files "
-                                         "deploy step", ("ipa-inject-files-priority",), inert=True)
+                                         "deploy step", ("ipa-inject-files-priority",))
     guard_special_filesystems: bool = setting(
         parse_bool, True, "refuse to erase disks with shared-SAN filesystems",
         ("ipa-guard-special-filesystems",))

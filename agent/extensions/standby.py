@@ -68,9 +68,9 @@ class StandbyExtension(Extension):
     @command(is_async=True)
     def power_off(self, ctx: CommandContext) -> None:
         power.refuse_unless_ramdisk(self.config, "standby.power_off")
-        power.shutdown(reboot=False)
+        power.shutdown(reboot=False, config=self.config)
 
     @command(is_async=True)
     def run_image(self, ctx: CommandContext) -> None:
         power.refuse_unless_ramdisk(self.config, "standby.run_image")
-        power.shutdown(reboot=True)
+        power.shutdown(reboot=True, config=self.config)

@@ -11,6 +11,7 @@ import time
 from agent import tools
 from agent.config import Config, is_ramdisk
 from agent.errors import AgentError, PowerActionRefused
+from agent.hardware import clock
 
 LOG = logging.getLogger(__name__)
 BLKFLSBUF = 0x1261
@@ -76,13 +77,11 @@ def _sysrq(letter: str) -> None:
         LOG.error("sysrq %s failed: %s", letter, exc)
 
 
-def shutdown(reboot: bool) -> None:
-    """Flush everything, ask the init system, and fall back to sysrq if ignored."""
+def shutdown(reboot: bool, config: Config) -> None:
+    """Sync the clock, flush everything, ask the init system, and fall back to sysrq if ignored."""
+    # NTP (ipa-ntp-server) and the RTC first: bounded, and never stops the power-off
+    clock.before_power_off(config)
     flush_all()
-    try:
-        tools.run("hwclock", "--systohc", timeout=10)
-    except AgentError as exc:
-        LOG.info("hardware clock not synced: %s", exc.details)
     action = "reboot" if reboot else "poweroff"
     letter = "b" if reboot else "o"
 

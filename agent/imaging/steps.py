@@ -1,7 +1,7 @@
 """Writing an image as a step and as a command: the shared request rules and result shape.
 
-``ImageDeployManager`` offers ``write_image`` (deploy and service steps) as a
-hardware manager, so the inventory/erase code and the imaging code version
+``ImageDeployManager`` offers ``write_image`` and ``inject_files`` (deploy and
+service steps) as a hardware manager, so the inventory/erase code and the imaging code version
 their step sets independently (reference §4.3).  ``standby.prepare_image`` and
 ``cache_image`` reach the same ``deploy.prepare`` through the helpers below,
 so the two doors cannot drift apart on config-drive defaults, the
@@ -16,7 +16,7 @@ from agent.config import parse_bool
 from agent.context import CommandContext
 from agent.errors import InvalidCommandParamsError
 from agent.hardware import managers
-from agent.imaging import deploy
+from agent.imaging import deploy, inject_files
 from agent.imaging import image_info as image_info_mod
 from agent.imaging.image_info import ImageSpec
 
@@ -48,7 +48,7 @@ def _step(name: str, priority: int, **extra: Any) -> dict[str, Any]:
 class ImageDeployManager(managers.HardwareManager):
     NAME = "deploy_agent_image"
     # bump whenever the step set or a priority changes
-    VERSION = "1.0"
+    VERSION = "1.1"
 
     def evaluate_hardware_support(self) -> int:
         return managers.SupportLevel.GENERIC
@@ -58,10 +58,22 @@ class ImageDeployManager(managers.HardwareManager):
             "image_info": {"description": "the image to write (reference §5.1)",
                            "required": True},
             "configdrive": {"description": "config drive: gzip+base64 ISO, URL or JSON",
-                            "required": False}})]
+                            "required": False}}),
+            # ipa-inject-files-priority: 0 keeps it out of a deploy unless a template asks
+            _step(inject_files.STEP_NAME, self.config.inject_files_priority,
+                  argsinfo=inject_files.ARGSINFO)]
 
     def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
-        return self.get_deploy_steps(node, ports)
+        return [dict(step, priority=0) for step in self.get_deploy_steps(node, ports)]
+
+    def inject_files(self, node: Any, ports: Any, files: Any = None, verify_ca: Any = True,
+                     ctx: CommandContext | None = None) -> dict[str, Any]:
+        """IPA's inject_files: ``properties.inject_files`` + ``files`` onto the install disk."""
+        from agent.hardware import find_install_disk
+        disk, _ = find_install_disk(self.state, ctx)
+        if self.config.insecure and verify_ca is True:
+            verify_ca = False     # ipa-insecure covers every outbound HTTPS, as in IPA
+        return inject_files.run(disk, node, ports, files=files, verify_ca=verify_ca, ctx=ctx)
 
     def write_image(self, node: Any, ports: Any, image_info: Any = None,
                     configdrive: Any = None, ctx: CommandContext | None = None,

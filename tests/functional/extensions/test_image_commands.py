@@ -292,3 +292,37 @@ def test_step_commands_check_parameter_types_in_the_request(agent, kind):
     assert status == 400 and f"'{kind}_version' must be an object" in body["faultstring"]
     status, body = post(client, f"{kind}.get_{kind}_steps", {"node": [], "ports": []})
     assert status == 400 and "'node' must be an object" in body["faultstring"]
+
+
+def test_inject_files_is_listed_and_runs_as_a_deploy_and_service_step(agent, loop_disk):
+    # a disk with one ext4 partition: the step must find it, write, and unmount
+    subprocess.run(["sgdisk", "-Z", loop_disk], capture_output=True)
+    subprocess.run(["sgdisk", "-n", "1:2048:0", loop_disk], check=True, capture_output=True)
+    subprocess.run(["partx", "-a", loop_disk], capture_output=True)
+    part = f"{loop_disk}p1"
+    subprocess.run(["mkfs.ext4", "-q", "-F", part], check=True, capture_output=True)
+    _, client = agent
+    for kind in ("deploy", "service"):
+        status, body = post(client, f"{kind}.get_{kind}_steps", {"node": {}, "ports": []})
+        steps = {s["step"]: s for lst in body["command_result"][f"{kind}_steps"].values()
+                 for s in lst}
+        assert steps["inject_files"]["priority"] == 0
+        assert steps["inject_files"]["interface"] == "deploy"
+    node = node_for(loop_disk)
+    node.setdefault("properties", {})["inject_files"] = [
+        {"path": "/etc/from-node", "partition": 1, "content": "bm9kZQo="}]
+    step = {"interface": "deploy", "step": "inject_files",
+            "args": {"files": [{"path": "/etc/hostname", "partition": 1,
+                                "content": "aW5qZWN0ZWQK", "mode": 0o600}]}}
+    status, body = post(client, "deploy.execute_deploy_step",
+                        {"step": step, "node": node, "ports": []})
+    assert status == 200 and body["command_status"] == "SUCCEEDED", body
+    assert body["command_result"]["deploy_result"]["result"].startswith(
+        "inject_files: wrote 2 file(s)")
+    out = subprocess.run(["debugfs", "-R", "cat /etc/hostname", part], check=True,
+                         capture_output=True, text=True).stdout
+    assert out == "injected\n"
+    out = subprocess.run(["debugfs", "-R", "cat /etc/from-node", part], check=True,
+                         capture_output=True, text=True).stdout
+    assert out == "node\n"
+    subprocess.run(["partx", "-d", loop_disk], capture_output=True)
