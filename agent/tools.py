@@ -78,6 +78,9 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
          required=False),
     Tool("grub-mkimage", "grub-common", "BIOS boot code on every member of a software RAID",
          required=False, arches=("amd64",)),
+    # burn-in steps only (burnin_cpu/memory, burnin_disk/network)
+    Tool("stress-ng", "stress-ng", "CPU and memory burn-in", required=False),
+    Tool("fio", "fio", "disk and network burn-in", required=False),
     Tool("useradd", "passwd", "create the rescue user (rescue.finalize_rescue)", required=False),
     Tool("usermod", "passwd", "set the rescue user's password hash", required=False),
 ]}

@@ -5,7 +5,10 @@ It calls the agent exactly as the conductor does (reference §3, §4.4, §7):
 ``write_image`` step, watched through ``GET /v1/commands/`` looking only at
 the last entry; ``standby.get_partition_uuids``; ``image.install_bootloader``
 when the image and boot mode need it, polled; then ``standby.sync`` and
-``standby.power_off``.  It finds the agent through the stand-in controller's
+``standby.power_off``.  A node whose ``target_raid_config`` asks for
+software RAID gets install_bootloader whatever the image, as Ironic does,
+and ``clean_step`` runs one manual clean step (``raid.create_configuration``)
+the same way.  It finds the agent through the stand-in controller's
 record of the first heartbeat (URL, token and pinned certificate) or is
 pointed at it directly.  Progress and milestones go to ``on_event``.
 """
@@ -24,7 +27,7 @@ from typing import Any
 import requests
 
 from agent.driver.client import AgentAPIError, AgentClient
-from agent.driver.request import bootloader_needed
+from agent.driver.request import bootloader_params
 from agent.errors import DeployFailed
 
 Event = Callable[[str, Any], None]
@@ -186,15 +189,6 @@ class Conductor:
         return result.get("command_result") or {}
 
     # -- step flow --------------------------------------------------------------
-    def get_steps(self, plan: DeployPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        body = self._sync_result("deploy.get_deploy_steps",
-                                 {"node": plan.node, "ports": plan.ports})
-        if "deploy_steps" not in body or "hardware_manager_version" not in body:
-            raise DeployFailed("deploy.get_deploy_steps answered without deploy_steps and "
-                               f"hardware_manager_version: {sorted(body)}")
-        steps = [s for group in (body["deploy_steps"] or {}).values() for s in group]
-        return body["hardware_manager_version"], steps
-
     def await_step(self, step_type: str, step: dict[str, Any]) -> dict[str, Any] | None:
         """Watch the last command until the step ends; None on a version mismatch."""
         name = f"execute_{step_type}_step"
@@ -247,21 +241,38 @@ class Conductor:
         self.emit("message", f"agent logs saved to {path}")
         return path
 
-    def run_step(self, plan: DeployPlan, step: dict[str, Any]) -> dict[str, Any]:
+    def run_step(self, plan: DeployPlan, step: dict[str, Any],
+                 step_type: str = "deploy") -> dict[str, Any]:
+        """Run one ``step_type`` step as the conductor does; the last command entry."""
         for _ in range(2):
-            version, steps = self.get_steps(plan)
+            body = self._sync_result(f"{step_type}.get_{step_type}_steps",
+                                     {"node": plan.node, "ports": plan.ports})
+            if f"{step_type}_steps" not in body or "hardware_manager_version" not in body:
+                raise DeployFailed(f"{step_type}.get_{step_type}_steps answered without "
+                                   f"{step_type}_steps and hardware_manager_version: "
+                                   f"{sorted(body)}")
+            version = body["hardware_manager_version"]
+            steps = [s for group in (body[f"{step_type}_steps"] or {}).values() for s in group]
             if step["step"] not in {s.get("step") for s in steps}:
-                raise DeployFailed(f"the agent does not offer deploy step {step['step']}; "
+                raise DeployFailed(f"the agent does not offer {step_type} step {step['step']}; "
                                    f"offered: {sorted(str(s.get('step')) for s in steps)}")
-            self.post("deploy.execute_deploy_step",
+            self.post(f"{step_type}.execute_{step_type}_step",
                       {"step": step, "node": plan.node, "ports": plan.ports,
-                       "deploy_version": version}, wait=False)
-            self.emit("message", f"deploy step {step['step']} started")
-            done = self.await_step("deploy", step)
+                       f"{step_type}_version": version}, wait=False)
+            self.emit("message", f"{step_type} step {step['step']} started")
+            done = self.await_step(step_type, step)
             if done is not None:
                 return done
             self.emit("message", "hardware manager version changed; fetching steps again")
-        raise DeployFailed(f"deploy step {step['step']} kept failing with a version mismatch")
+        raise DeployFailed(f"{step_type} step {step['step']} kept failing with a version "
+                           "mismatch")
+
+    def clean_step(self, node: dict[str, Any], step: dict[str, Any],
+                   ports: list[dict[str, Any]] | None = None) -> Any:
+        """One manual clean step (e.g. raid.create_configuration); its ``clean_result``."""
+        done = self.run_step(DeployPlan(image_info={}, node=node, ports=ports or []), step,
+                             step_type="clean")
+        return (done.get("command_result") or {}).get("clean_result")
 
     def install_bootloader(self, params: dict[str, Any]) -> None:
         try:
@@ -320,15 +331,11 @@ class Conductor:
         uuids = self.post("standby.get_partition_uuids", {}, wait=True)
         report.partition_uuids = (uuids.get("command_result") or {}) \
             if uuids.get("command_status") == "SUCCEEDED" else {}
-        root = report.partition_uuids.get("root uuid")
-        why = bootloader_needed(plan.image_info, plan.boot_mode, root)
+        why, params = bootloader_params(plan.node, plan.image_info, plan.boot_mode,
+                                        report.partition_uuids)
         if why:
             self.emit("message", f"installing the bootloader ({why})")
-            self.install_bootloader({
-                "root_uuid": root,
-                "efi_system_part_uuid": report.partition_uuids.get("efi system partition uuid"),
-                "prep_boot_part_uuid": report.partition_uuids.get("PReP Boot partition uuid"),
-                "target_boot_mode": plan.boot_mode})
+            self.install_bootloader(params)
             report.bootloader = f"installed ({why})"
         else:
             report.bootloader = f"skipped (whole-disk image, {plan.boot_mode} boot)"

@@ -81,3 +81,41 @@ def bootloader_needed(image_info: dict[str, Any], boot_mode: str, root_uuid: Any
     if boot_mode == "uefi":
         return "whole-disk image in UEFI mode"
     return None
+
+
+def software_raid(node: dict[str, Any] | None) -> bool:
+    """Whether the node's ``target_raid_config`` asks for software RAID, as Ironic decides it.
+
+    Ironic 39 (agent deploy, ``prepare_instance_to_boot``) then calls
+    install_bootloader whatever the image type and boot mode, so that the boot
+    code lands on every member disk.
+    """
+    config = (node or {}).get("target_raid_config")
+    logical = config.get("logical_disks") if isinstance(config, dict) else None
+    return isinstance(logical, list) and any(
+        isinstance(ld, dict) and ld.get("controller") == "software" for ld in logical)
+
+
+def bootloader_params(node: dict[str, Any] | None, image_info: dict[str, Any], boot_mode: str,
+                      partition_uuids: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(why, install_bootloader params), or (None, {}) when the conductor skips the call.
+
+    For software RAID the root is the image's root filesystem as the operator
+    names it in ``instance_info.image_rootfs_uuid`` (the agent cannot tell it
+    from the array), falling back to what the agent reported; a whole-disk
+    image passes no ESP, as Ironic does.
+    """
+    root = partition_uuids.get("root uuid")
+    efi = partition_uuids.get("efi system partition uuid")
+    if software_raid(node):
+        root = ((node or {}).get("instance_info") or {}).get("image_rootfs_uuid") or root
+        if image_info.get("image_type") != "partition":
+            efi = None
+        why: str | None = "software RAID"
+    else:
+        why = bootloader_needed(image_info, boot_mode, root)
+    if why is None:
+        return None, {}
+    return why, {"root_uuid": root, "efi_system_part_uuid": efi,
+                 "prep_boot_part_uuid": partition_uuids.get("PReP Boot partition uuid"),
+                 "target_boot_mode": boot_mode}

@@ -34,12 +34,12 @@ def preview(state: AgentState, node: Any, *, arrays: Sequence[MdArray] | None = 
     Never writes, and stops nothing.
     """
     disks = managers.list_disks(state)
-    options = options_from_node(node, discard=state.config.enable_discard_erase)
+    options = options_from_node(node, discard=state.config.enable_discard_erase,
+                                guard_shared=state.config.guard_special_filesystems)
     names = [d.name for d in disks]
     try:
         decided = erase.prepare(disks, node, options,
-                                guard_shared=state.config.guard_special_filesystems,
-                                arrays=arrays, root=root)
+                                guard_shared=options.guard_shared, arrays=arrays, root=root)
     except AgentError as exc:      # UnsafeDevice, or a malformed skip list
         return {"disks": names, "erase": [], "skipped": {}, "arrays_stopped": [],
                 "refused": exc.details}

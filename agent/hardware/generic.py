@@ -1,4 +1,5 @@
-"""The generic hardware manager: inventory, install disk, the erase and software RAID steps.
+"""The generic hardware manager: inventory, install disk, and the erase, pstore,
+burn-in and software RAID steps.
 
 It supports every machine at the lowest level, so vendor managers loaded
 through the entry-point group take precedence for anything they implement.
@@ -11,7 +12,7 @@ from typing import Any
 
 from agent.context import CommandContext
 from agent.errors import CleaningError, DeploymentError
-from agent.hardware import disks, erase, hints, managers
+from agent.hardware import burnin, disks, erase, hints, managers, pstore
 from agent.hardware.erase_base import EraseOptions, options_from_node
 from agent.hardware.raid import steps as raid_steps
 
@@ -26,7 +27,7 @@ def _step(name: str, priority: int, *, abortable: bool = True) -> dict[str, Any]
 class GenericHardwareManager(managers.HardwareManager):
     NAME = "generic_hardware_manager"
     # bump whenever the step set or a priority changes (reference §4.3)
-    VERSION = "1.1"
+    VERSION = "1.2"
 
     def evaluate_hardware_support(self) -> int:
         return managers.SupportLevel.GENERIC
@@ -54,39 +55,66 @@ class GenericHardwareManager(managers.HardwareManager):
     # -- steps ----------------------------------------------------------------------
     def get_clean_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         return [_step("erase_devices_metadata", 99), _step("erase_devices", 10),
-                _step("erase_devices_express", 0), *raid_steps.clean_steps()]
+                _step("erase_devices_express", 0), *pstore.CLEAN_STEPS,
+                *burnin.CLEAN_STEPS, *raid_steps.clean_steps()]
 
     def get_deploy_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
         step = _step("erase_devices_metadata", 0)
         del step["abortable"]
-        return [step, *raid_steps.deploy_steps()]
+        # deploy steps are never aborted: IPA's carry no abortable flag
+        burnins = [{k: v for k, v in s.items() if k != "abortable"} for s in burnin.DEPLOY_STEPS]
+        return [step, *burnins, *raid_steps.deploy_steps()]
 
     def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
-        return raid_steps.service_steps()
+        return [*burnin.SERVICE_STEPS, *raid_steps.service_steps()]
 
     def _options(self, node: Any) -> EraseOptions:
-        return options_from_node(node, discard=self.config.enable_discard_erase)
+        # the node's agent_enable_discard_erase / wipe_special_filesystems win over the ramdisk's
+        return options_from_node(node, discard=self.config.enable_discard_erase,
+                                 guard_shared=self.config.guard_special_filesystems)
 
     def erase_devices_metadata(self, node: Any, ports: Any,
                                ctx: CommandContext | None = None) -> dict[str, Any]:
         options = self._options(node)
         return erase.erase_devices_metadata(
             managers.list_disks(self.state), node, options, ctx,
-            guard_shared=self.config.guard_special_filesystems)
+            guard_shared=options.guard_shared)
 
     def erase_devices(self, node: Any, ports: Any,
                       ctx: CommandContext | None = None) -> dict[str, Any]:
         options = self._options(node)
         return erase.erase_devices(
             managers.list_disks(self.state), node, options, ctx,
-            guard_shared=self.config.guard_special_filesystems)
+            guard_shared=options.guard_shared)
 
     def erase_devices_express(self, node: Any, ports: Any,
                               ctx: CommandContext | None = None) -> dict[str, Any]:
         options = self._options(node)
         return erase.erase_devices_express(
             managers.list_disks(self.state), node, options, ctx,
-            guard_shared=self.config.guard_special_filesystems)
+            guard_shared=options.guard_shared)
+
+    # -- burn-in (stress-ng, fio) ------------------------------------------------------
+    def burnin_cpu(self, node: Any, ports: Any,
+                   ctx: CommandContext | None = None) -> dict[str, Any]:
+        return burnin.burnin_cpu(node, ports, ctx)
+
+    def burnin_memory(self, node: Any, ports: Any,
+                      ctx: CommandContext | None = None) -> dict[str, Any]:
+        return burnin.burnin_memory(node, ports, ctx)
+
+    def burnin_disk(self, node: Any, ports: Any,
+                    ctx: CommandContext | None = None) -> dict[str, Any]:
+        return burnin.burnin_disk(node, ports, ctx, disks=managers.list_disks(self.state),
+                                  guard_shared=self.config.guard_special_filesystems)
+
+    def burnin_network(self, node: Any, ports: Any,
+                       ctx: CommandContext | None = None) -> dict[str, Any]:
+        return burnin.burnin_network(node, ports, ctx)
+
+    def erase_pstore(self, node: Any, ports: Any,
+                     ctx: CommandContext | None = None) -> dict[str, Any]:
+        return pstore.erase_pstore(node, ports, ctx)
 
     # -- software RAID (interface "raid") --------------------------------------------
     def create_configuration(self, node: Any, ports: Any, create_root_volume: Any = True,

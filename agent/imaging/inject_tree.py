@@ -24,8 +24,8 @@ import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 
+from agent.disk import mounts
 from agent.errors import AgentError, DeploymentError
-from agent.imaging.bootloader import mounts
 
 LOG = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Writing an image as a step and as a command: the shared request rules and result shape.
 
 ``ImageDeployManager`` offers ``write_image`` and ``inject_files`` (deploy and
-service steps) as a hardware manager, so the inventory/erase code and the imaging code version
-their step sets independently (reference §4.3).  ``standby.prepare_image`` and
+service steps) and ``clean_uefi_nvram`` (clean and deploy) as a hardware
+manager, so the inventory/erase code and the imaging code version their step
+sets independently (reference §4.3).  ``standby.prepare_image`` and
 ``cache_image`` reach the same ``deploy.prepare`` through the helpers below,
 so the two doors cannot drift apart on config-drive defaults, the
 ``verify_after_write`` flag, or the result they return.
@@ -18,6 +19,7 @@ from agent.errors import InvalidCommandParamsError
 from agent.hardware import managers
 from agent.imaging import deploy, inject_files
 from agent.imaging import image_info as image_info_mod
+from agent.imaging.bootloader import nvram_clean
 from agent.imaging.image_info import ImageSpec
 
 
@@ -48,7 +50,7 @@ def _step(name: str, priority: int, **extra: Any) -> dict[str, Any]:
 class ImageDeployManager(managers.HardwareManager):
     NAME = "deploy_agent_image"
     # bump whenever the step set or a priority changes
-    VERSION = "1.1"
+    VERSION = "1.2"
 
     def evaluate_hardware_support(self) -> int:
         return managers.SupportLevel.GENERIC
@@ -61,10 +63,19 @@ class ImageDeployManager(managers.HardwareManager):
                             "required": False}}),
             # ipa-inject-files-priority: 0 keeps it out of a deploy unless a template asks
             _step(inject_files.STEP_NAME, self.config.inject_files_priority,
-                  argsinfo=inject_files.ARGSINFO)]
+                  argsinfo=inject_files.ARGSINFO),
+            dict(nvram_clean.DEPLOY_STEP)]
 
     def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
-        return [dict(step, priority=0) for step in self.get_deploy_steps(node, ports)]
+        return [dict(step, priority=0) for step in self.get_deploy_steps(node, ports)
+                if step["step"] != nvram_clean.DEPLOY_STEP["step"]]
+
+    def get_clean_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
+        return [dict(nvram_clean.CLEAN_STEP)]
+
+    def clean_uefi_nvram(self, node: Any, ports: Any, match_patterns: Any = None,
+                         ctx: CommandContext | None = None) -> dict[str, Any]:
+        return nvram_clean.clean_uefi_nvram(node, ports, match_patterns, ctx)
 
     def inject_files(self, node: Any, ports: Any, files: Any = None, verify_ca: Any = True,
                      ctx: CommandContext | None = None) -> dict[str, Any]:

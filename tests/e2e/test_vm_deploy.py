@@ -23,6 +23,9 @@ TIMEOUT_S = 1500
 
 # CI sets this: there, a case that cannot run is a failure, not a skip
 REQUIRED = os.environ.get("VM_DEPLOY_REQUIRED") == "1"
+# the slower tier CI does not run (RAID over UEFI, RAID-5): VM_DEPLOY_SLOW=1 tox -e e2e
+SLOW = os.environ.get("VM_DEPLOY_SLOW") == "1"
+slow_tier = pytest.mark.skipif(not SLOW, reason="slow e2e tier: set VM_DEPLOY_SLOW=1")
 
 pytestmark = [pytest.mark.timeout(TIMEOUT_S)]
 
@@ -96,6 +99,39 @@ def test_failed_deploy_leaves_an_unbootable_disk(tmp_path, negative):
     assert "disk boot refused" in result["timings"]
 
 
+def check_raid_run(code: int, result: dict, out: str, level: str, members: int) -> None:
+    assert code == 0, result.get("error")
+    assert result["ok"] and result["raid"] == level and result["members"] == members
+    timings = result["timings"]
+    assert {"create_configuration", "reboot to API", "arrays after reboot", "deploy",
+            "reboot to marker", "first sync + power off"} <= set(timings)
+    # the array the clean step made was there after the reboot, and the deploy used it
+    assert "raid.create_configuration: root: RAID-" + level in out
+    assert "bootloader installed (software RAID)" in out
+    assert f"booted from the RAID-{level} array and read hostname vm-deploy-" in out
+    # every member was left out once, and the OS came up on the rest
+    assert {f"boot without member {i}" for i in range(members)} <= set(timings)
+    assert f"the OS booted with each of the {members} members missing in turn" in out
+
+
+def test_raid1_survives_a_reboot_deploys_and_boots_with_each_member_missing(tmp_path):
+    """The conductor-like driver: create_configuration in cleaning, a reboot, the deploy."""
+    code, result, out = vm_deploy(tmp_path, "--raid", "1")
+    check_raid_run(code, result, out, "1", 2)
+    assert result["firmware"] == "bios"
+
+
+@slow_tier
+@pytest.mark.parametrize(("level", "firmware", "members"),
+                         [("1", "uefi", 2), ("5", "bios", 3)])
+def test_raid_slow_tier(tmp_path, level, firmware, members):
+    code, result, out = vm_deploy(tmp_path, "--raid", level, "--firmware", firmware)
+    check_raid_run(code, result, out, level, members)
+    if firmware == "uefi":
+        # one NVRAM entry per member: the firmware found one on a disk that is left
+        assert "firmware started Boot" in out
+
+
 def test_ppc64le_ramdisk_answers_get_hardware_info(tmp_path):
     if shutil.which("qemu-system-ppc64") is None:
         skip_or_fail("qemu-system-ppc64 is missing (tools/dev-setup --vm installs it)")
@@ -128,3 +164,25 @@ def test_real_ironic_drives_the_vm_through_its_lifecycle(tmp_path):
     assert "inventory: disk /dev/" in out and "BMC " in out
     assert "the deployed OS booted from disk and read hostname vm-deploy-" in out
     assert "lifecycle complete" in out
+
+
+def test_real_ironic_applies_raid1_in_the_deploy_and_cleaning_wipes_it(tmp_path):
+    """Ironic's agent RAID interface: apply_configuration as a deploy step, install_bootloader
+    for software RAID, the degraded boots outside Ironic, then undeploy with cleaning."""
+    if not os.path.exists(os.path.join(IRONIC_VENV, "bin", "ironic")):
+        skip_or_fail(f"no Ironic in {IRONIC_VENV} (tools/dev-setup --ironic installs it)")
+    for tool in ("ipmi_sim", "ipmitool"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} is missing (tools/dev-setup --ironic installs it)")
+    code, result, out = vm_deploy(tmp_path, "--ironic", "--raid", "1")
+    assert code == 0, result.get("error")
+    assert result["ok"] and result["mode"] == "ironic" and result["raid"] == "1"
+    timings = result["timings"]
+    assert {"deploy", "disk boot to marker", "first sync + power off", "boot without member 0",
+            "boot without member 1", "undeploy + clean"} <= set(timings)
+    # Ironic's post-deploy-step hook stored what apply_configuration returned
+    assert "Ironic stored the RAID configuration the agent reported: root: RAID-1" in out
+    assert "the OS booted with each of the 2 members missing in turn" in out
+    # cleaning after the undeploy left no md superblock on either member image
+    assert "md superblocks wiped from member-0.img, member-1.img" in out
+    assert "lifecycle complete: RAID-1 applied in the deploy" in out

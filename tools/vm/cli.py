@@ -10,9 +10,10 @@ from vm.report import say
 
 EPILOG = """\
 exit status: 0 when the run proved its point (the deployed OS booted; for
---negative, the deploy failed clearly and the disk did not boot; for --arch
-ppc64el, the agent answered poll.get_hardware_info; for --ironic, the whole
-lifecycle passed), 1 when it did not, 2 on
+--negative, the deploy failed clearly and the disk did not boot; for --raid,
+the array was made, deployed onto and booted whole and without each member in
+turn; for --arch ppc64el, the agent answered poll.get_hardware_info; for
+--ironic, the whole lifecycle passed), 1 when it did not, 2 on
 bad usage or a missing prerequisite.  Artifacts are cached in .cache/vm/
 (VM_DEPLOY_CACHE overrides), each run's logs in .cache/vm/runs/."""
 
@@ -29,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SeaBIOS or OVMF (amd64)")
     p.add_argument("--negative", choices=("bad-checksum", "unreachable-image"),
                    help="expect the deploy to fail this way and the disk not to boot")
+    p.add_argument("--raid", choices=("1", "5"),
+                   help="software RAID: 2 (RAID-1) or 3 (RAID-5) disks; the agent's "
+                        "raid.create_configuration clean step makes the array, the ramdisk "
+                        "reboots, the test OS is deployed onto it and booted, then booted "
+                        "again without each member in turn")
     p.add_argument("--ironic", action="store_true",
                    help="instead of the stand-in controller, a real Ironic (.venv-ironic; "
                         "tools/dev-setup --ironic) drives the VM through IPMI (ipmi_sim) and "
@@ -62,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.ironic and (args.negative or args.arch != "amd64" or args.firmware != "bios"):
         p.error("--ironic runs the BIOS lifecycle on amd64 only: no --negative, --arch or "
                 "--firmware uefi")
+    if args.raid and (args.negative or args.arch != "amd64"):
+        p.error("--raid runs on amd64 and proves a working deploy: no --negative or --arch")
     return args
 
 
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VM_DEPLOY_CACHE"] = os.path.abspath(args.cache_dir)
     from realironic.server import IronicMissing
 
-    from vm import bmc, flow, ironicflow, ppc, qemu, ramdisk, runbase, testos
+    from vm import bmc, flow, ironicflow, ironicraid, ppc, qemu, raidflow, ramdisk, runbase, testos
 
     # IronicOptions is flow.Options plus the --ironic switches, for every kind of run
     opts = ironicflow.IronicOptions(
@@ -79,15 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         ramdisk_dir=args.ramdisk_dir, cache_dir=args.cache_dir, memory_mib=args.memory,
         smp=args.smp, kernel_args=args.kernel_arg, api_timeout=args.api_timeout,
         deploy_timeout=args.deploy_timeout, json_path=args.json,
-        ironic_inspect=args.ironic_inspect)
+        ironic_inspect=args.ironic_inspect, raid=args.raid)
     prerequisites = (qemu.QemuMissing, ramdisk.RamdiskError, testos.BuildError, IronicMissing,
                      bmc.BmcMissing)
     with procs.Supervisor() as sup:
         run: runbase.RunBase
-        if args.ironic:
+        if args.ironic and args.raid:
+            run = ironicraid.IronicRaidRun(opts, sup)
+        elif args.ironic:
             run = ironicflow.IronicRun(opts, sup)
         elif args.arch == "ppc64el":
             run = ppc.SmokeRun(opts, sup)
+        elif args.raid:
+            run = raidflow.RaidRun(opts, sup)
         else:
             run = flow.DeployRun(opts, sup)
         try:

@@ -63,13 +63,15 @@ class Options:
     api_timeout: float = 300.0
     deploy_timeout: float = 300.0
     boot_timeout: float = 180.0
+    raid: str | None = None             # "1" or "5": tools/vm/raidflow.py
     json_path: str | None = None
 
 
 class DeployRun(RunBase):
     def __init__(self, opts: Options, sup: procs.Supervisor) -> None:
         super().__init__(opts, sup, opts.firmware
-                         + (f"-{opts.negative}" if opts.negative else ""))
+                         + (f"-{opts.negative}" if opts.negative else "")
+                         + (f"-raid{opts.raid}" if opts.raid else ""))
         self.hostname = f"vm-deploy-{random.randrange(16**6):06x}"
         self.ovmf_vars: str | None = None       # one private NVRAM per run, kept across boots
 
@@ -104,19 +106,22 @@ class DeployRun(RunBase):
                    self.ramdisk.directory)
         self.http = services.FileServer(self.http_dir, os.path.join(self.run_dir, "http.log"))
         self.http.start(self.sup)
-        node = {"uuid": self.node_uuid, "properties": {},
-                "instance_info": {"deploy_boot_mode": self.opts.firmware},
-                "driver_internal_info": {}}
-        self.controller = services.start_controller(self.sup, node, self.mac)
+        self.controller = services.start_controller(self.sup, self.node_record(), self.mac)
         self.agent_port = services.free_port()
         say(f"run directory {self.run_dir}; HTTP 127.0.0.1:{self.http.port}, stand-in controller "
             f"{self.controller.url}, agent API on 127.0.0.1:{self.agent_port}")
 
+    def node_record(self) -> dict[str, Any]:
+        """The node as the stand-in controller knows it (its lookup answer)."""
+        return {"uuid": self.node_uuid, "properties": {},
+                "instance_info": {"deploy_boot_mode": self.opts.firmware},
+                "driver_internal_info": {}}
+
     def _machine(self, netboot: bool, serial: str) -> qemu.Machine:
         m = qemu.Machine(firmware=self.opts.firmware, memory_mib=self.opts.memory_mib,
-                         smp=self.opts.smp, accel=self.accel, disk=self.disk,
-                         serial_log=os.path.join(self.run_dir, serial),
-                         ovmf_vars=self.ovmf_vars, disk_bootindex=2 if netboot else 1)
+                         smp=self.opts.smp, accel=self.accel, serial_log=os.path.join(
+                             self.run_dir, serial), ovmf_vars=self.ovmf_vars)
+        self.attach_disks(m, netboot)
         if self.opts.firmware == "bios":
             m.sercon_file = os.path.join(self.run_dir, "sercon-port")
             with open(m.sercon_file, "wb") as f:
@@ -130,14 +135,24 @@ class DeployRun(RunBase):
                                  ipxe_rom=True, bootindex=1)
         return m
 
-    def boot_ramdisk(self) -> None:
+    def make_disks(self) -> None:
         self.disk = os.path.join(self.run_dir, "disk.img")
         with open(self.disk, "wb") as f:
             f.truncate(DISK_MIB << 20)
-        if self.opts.firmware == "uefi":
-            self.ovmf_vars = os.path.join(self.run_dir, "OVMF_VARS.fd")
-            shutil.copyfile(qemu.ovmf_files()[1], self.ovmf_vars)
-        self.vm = qemu.VM(self.sup, self._machine(True, "serial-ramdisk.log"),
+
+    def attach_disks(self, m: qemu.Machine, netboot: bool) -> None:
+        m.disk = self.disk
+        m.disk_bootindex = 2 if netboot else 1
+
+    def boot_ramdisk(self, phase: str = "boot to API", serial: str = "serial-ramdisk.log"
+                     ) -> None:
+        """Power on and wait for the agent; the first boot also makes the disks."""
+        if self.vm is None:
+            self.make_disks()
+            if self.opts.firmware == "uefi":
+                self.ovmf_vars = os.path.join(self.run_dir, "OVMF_VARS.fd")
+                shutil.copyfile(qemu.ovmf_files()[1], self.ovmf_vars)
+        self.vm = qemu.VM(self.sup, self._machine(True, serial),
                           name="ramdisk VM", log=os.path.join(self.run_dir, "qemu.log"))
         started = time.monotonic()
         self.vm.start()
@@ -149,9 +164,9 @@ class DeployRun(RunBase):
         self.endpoint = found
         status = self.client.status()
         fetched = {name: round(t - started, 1) for name, t in (
-            ("iPXE script", self.http.first_request(ipxe.SECOND)),
-            ("kernel fetch", self.http.first_request("deploy-agent.kernel"))) if t}
-        self.timings.add("boot to API", time.monotonic() - started,
+            ("iPXE script", self.http.first_request(ipxe.SECOND, started)),
+            ("kernel fetch", self.http.first_request("deploy-agent.kernel", started))) if t}
+        self.timings.add(phase, time.monotonic() - started,
                          f"{self.stages(fetched)}; agent {found.url} via 127.0.0.1:"
                          f"{self.agent_port}, version {status.get('version', '?')}")
         say(f"agent up: heartbeat from {found.url}, certificate pinned, token issued")
@@ -173,37 +188,44 @@ class DeployRun(RunBase):
                                                configdrive=configdrive)
         return info, configdrive
 
-    def deploy(self) -> conductor.DeployReport:
-        info, configdrive = self.image_info()
+    def deploy_node(self) -> dict[str, Any]:
+        """The node the deploy steps carry, from the lookup answer, as the conductor sends it."""
         node = json.loads(json.dumps(self.endpoint.node or {}))
         node.setdefault("instance_info", {})["deploy_boot_mode"] = self.opts.firmware
-        plan = conductor.DeployPlan(image_info=info, configdrive=configdrive, node=node,
-                                    boot_mode=self.opts.firmware, power_off=True)
+        return node
 
+    def driver(self, limit: float, what: str) -> conductor.Conductor:
+        """The conductor-like driver, with ``limit`` seconds for the whole of ``what``."""
         progress: dict[str, Any] = {}
 
         def on_event(kind: str, data: Any) -> None:
             if kind == "progress":
                 progress.update(data)
             else:
-                say(f"deploy: {data}")
+                say(f"{what}: {data}")
 
-        limit = self.opts.deploy_timeout
         deadline = time.monotonic() + limit
 
         def sleep(seconds: float) -> None:
             # the conductor waits as long as the agent says RUNNING; a stalled
-            # write would hold the run forever, so the whole deploy has a deadline
+            # step would hold the run forever, so the whole of it has a deadline
             if time.monotonic() > deadline:
                 last = {k: progress.get(k) for k in ("phase", "done", "total", "bytes_received",
                                                      "bytes_written", "rate") if k in progress}
-                raise Failed(f"the deploy did not finish in {limit:.0f}s; the agent's last "
+                raise Failed(f"the {what} did not finish in {limit:.0f}s; the agent's last "
                              f"progress report: {last or 'none'}")
             time.sleep(seconds)
 
-        driver = conductor.Conductor(self.client, on_event=on_event, poll_interval=1.0,
-                                     bootloader_interval=1.0, callback_timeout=limit,
-                                     sleep=sleep)
+        return conductor.Conductor(self.client, on_event=on_event, poll_interval=1.0,
+                                   bootloader_interval=1.0, callback_timeout=limit,
+                                   logs_dir=os.path.join(self.run_dir, "logs"), sleep=sleep)
+
+    def deploy(self) -> conductor.DeployReport:
+        info, configdrive = self.image_info()
+        plan = conductor.DeployPlan(image_info=info, configdrive=configdrive,
+                                    node=self.deploy_node(),
+                                    boot_mode=self.opts.firmware, power_off=True)
+        driver = self.driver(self.opts.deploy_timeout, "deploy")
         started = time.monotonic()
         report = driver.deploy(plan)
         code = self.vm.wait_exit(90)
@@ -252,7 +274,13 @@ class DeployRun(RunBase):
             how = f", firmware started {entry.group(1)} {entry.group(2)!r}"
         self.timings.add("reboot to marker", time.monotonic() - started,
                          f"config drive {line.group(1)}, hostname {line.group(2)}{how}")
-        self.vm.wait_exit(30)
+        self.after_disk_boot()
+
+    def after_disk_boot(self) -> None:
+        """The test OS powers off right after its marker; never leave a VM on the disk."""
+        assert self.vm is not None
+        if self.vm.wait_exit(30) is None:
+            self.vm.stop()
 
     # -- the whole run ---------------------------------------------------------------
     def execute(self) -> None:

@@ -25,13 +25,17 @@ MBR_CODE_END = 0x1B8            # disk signature and partition table follow: kee
 BLOCKLIST_OFFSET = SECTOR - 12
 KERNEL_SEGMENT = 0x800 + (SECTOR >> 4)
 
+# md arrays, as a distribution's grub reads them: the image's UEFI GRUB, copied to
+# every member's ESP when the image is deployed onto a software RAID, must find
+# its root filesystem inside the array, degraded or not
+MD_MODULES = ["diskfilter", "mdraid09", "mdraid1x", "raid5rec", "raid6rec"]
 MODULES = {
     "i386-pc": ["biosdisk", "part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid",
                 "normal", "configfile", "linux", "boot", "echo", "test", "serial",
-                "terminal", "sleep"],
+                "terminal", "sleep", *MD_MODULES],
     "x86_64-efi": ["part_gpt", "part_msdos", "ext2", "fat", "search", "search_fs_uuid",
                    "normal", "configfile", "linux", "boot", "echo", "test", "serial",
-                   "terminal", "sleep", "efinet"],
+                   "terminal", "sleep", "efinet", *MD_MODULES],
 }
 
 

@@ -109,3 +109,15 @@ def node_fields(run: Any, driver_info: dict[str, str]) -> dict[str, Any]:
             "local_gb": 5,
         },
     }
+
+
+def configdrive(hostname: str, node_uuid: str, mac: str) -> dict[str, Any]:
+    # network_data with a link and an MTU: Ironic otherwise regenerates the drive, and
+    # that path needs mkisofs, which Debian no longer ships
+    return {"meta_data": {"hostname": hostname, "name": hostname, "uuid": node_uuid,
+                          "public_keys": {}},
+            "user_data": "#!/bin/sh\necho deploy-agent vm-deploy --ironic\n",
+            "network_data": {"links": [{"id": "nic0", "type": "phy", "mtu": 1500,
+                                        "ethernet_mac_address": mac}],
+                             "networks": [{"id": "net0", "link": "nic0", "type": "ipv4_dhcp"}],
+                             "services": []}}

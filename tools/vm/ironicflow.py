@@ -32,7 +32,7 @@ from typing import Any
 from vm import bmc as bmcmod
 from vm import flow, procs, qemu, ramdisk, services, testos
 from vm.httproot import HttpRoot
-from vm.ironicconf import GUEST_HTTP, GUEST_SERVER_IP, ironic_options, node_fields
+from vm.ironicconf import GUEST_HTTP, GUEST_SERVER_IP, configdrive, ironic_options, node_fields
 from vm.report import banner, say
 from vm.runbase import RAMDISK_FAILURES, Failed, RunBase
 
@@ -115,9 +115,7 @@ class IronicRun(RunBase):
         for stale in bmcmod.stop_stale_vms(os.path.dirname(self.run_dir)):
             say(f"stopped a VM left behind by a killed run: {stale}")
         self.bmc = bmcmod.Bmc(self.run_dir, self.sup)
-        self.disk = os.path.join(self.run_dir, "disk.img")
-        with open(self.disk, "wb") as f:
-            f.truncate(DISK_MIB << 20)
+        self.make_disks()
         self.bmc.start(self.qemu_argv())
         checked = self.bmc.self_check()
         self.timings.add("services", time.monotonic() - started,
@@ -128,12 +126,20 @@ class IronicRun(RunBase):
             f"{self.store.port}, ipmi_sim 127.0.0.1:{self.bmc.lan_port}/udp, agent API "
             f"127.0.0.1:{self.agent_port}; BMC self-check: {checked}")
 
+    def make_disks(self) -> None:
+        self.disk = os.path.join(self.run_dir, "disk.img")
+        with open(self.disk, "wb") as f:
+            f.truncate(DISK_MIB << 20)
+
+    def attach_disks(self, m: qemu.Machine) -> None:
+        m.disk = self.disk
+
     def qemu_argv(self) -> list[str]:
         """The VM as the BMC starts it; chassis_control adds -boot, -serial, the monitor."""
         assert self.bmc is not None
         m = qemu.Machine(firmware=self.opts.firmware, memory_mib=self.opts.memory_mib,
-                         smp=self.opts.smp, accel=self.accel or "tcg", disk=self.disk,
-                         serial_log="@serial@")
+                         smp=self.opts.smp, accel=self.accel or "tcg", serial_log="@serial@")
+        self.attach_disks(m)
         m.sercon_file = os.path.join(self.run_dir, "sercon-port")
         with open(m.sercon_file, "wb") as f:
             f.write(qemu.SERCON_PORT)
@@ -284,7 +290,8 @@ class IronicRun(RunBase):
             "instance_info/image_source": image,
             "instance_info/image_checksum": self.image_sha256})
         self.validate("deploy", "boot", "power", "management")
-        self.api.provision(self.node["uuid"], "active", configdrive=self.configdrive())
+        self.api.provision(self.node["uuid"], "active", configdrive=self.configdrive(),
+                           **self.deploy_args())
         first_boot = self.bmc.boots() + 1 if self.bmc else 0
         self.wait("deploy", "active", self.opts.api_timeout + self.opts.deploy_timeout)
         served = self.http.served(f"agent_images/{self.node['uuid']}")
@@ -292,17 +299,11 @@ class IronicRun(RunBase):
                          f"{self.ramdisk_stages(first_boot)}; image served to the agent "
                          f"{len(served)}x from http_root ({served[-1] if served else 'never'})")
 
+    def deploy_args(self) -> dict[str, Any]:
+        return {}       # e.g. deploy_steps (tools/vm/ironicraid.py)
+
     def configdrive(self) -> dict[str, Any]:
-        # network_data with a link and an MTU: Ironic otherwise regenerates the drive, and
-        # that path needs mkisofs, which Debian no longer ships
-        return {"meta_data": {"hostname": self.hostname, "name": self.hostname,
-                              "uuid": self.node["uuid"], "public_keys": {}},
-                "user_data": "#!/bin/sh\necho deploy-agent vm-deploy --ironic\n",
-                "network_data": {"links": [{"id": "nic0", "type": "phy", "mtu": 1500,
-                                            "ethernet_mac_address": self.mac}],
-                                 "networks": [{"id": "net0", "link": "nic0",
-                                               "type": "ipv4_dhcp"}],
-                                 "services": []}}
+        return configdrive(self.hostname, self.node["uuid"], self.mac)
 
     def boot_disk(self) -> None:
         """Ironic powered the VM on from its disk; the test OS prints the marker and hostname."""

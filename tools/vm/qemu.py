@@ -63,6 +63,19 @@ class UserNet:
 
 
 @dataclasses.dataclass
+class Disk:
+    """One more virtio disk (``Machine.disks``), e.g. a member of a software RAID."""
+
+    path: str
+    # PCI slot, pinned so that leaving a disk out moves no other one: UEFI boot
+    # entries name the device path, and a degraded boot must still match them
+    slot: int | None = None
+    serial: str | None = None
+    bootindex: int | None = None
+    snapshot: bool = False          # writes go to a temporary overlay, dropped at exit
+
+
+@dataclasses.dataclass
 class Machine:
     arch: str = "x86_64"
     firmware: str = "bios"          # bios | uefi (x86_64); slof (ppc64)
@@ -71,6 +84,7 @@ class Machine:
     accel: str = "tcg"
     disk: str | None = None
     disk_bootindex: int | None = None
+    disks: list[Disk] = dataclasses.field(default_factory=list)    # after ``disk``
     net: UserNet | None = None
     serial_log: str = "serial.log"
     ovmf_vars: str | None = None
@@ -145,10 +159,17 @@ def argv(m: Machine) -> list[str]:
     else:
         cmd += ["-M", "pseries", "-chardev", f"file,id=con0,path={_esc(m.serial_log)}",
                 "-device", "spapr-vty,chardev=con0"]
-    if m.disk:
-        cmd += ["-drive", f"file={_esc(m.disk)},if=none,id=d0,format=raw,cache=unsafe",
-                "-device", "virtio-blk-pci,drive=d0"
-                + (f",bootindex={m.disk_bootindex}" if m.disk_bootindex is not None else "")]
+    drives = ([Disk(m.disk, bootindex=m.disk_bootindex)] if m.disk else []) + list(m.disks)
+    for number, d in enumerate(drives):
+        device = f"virtio-blk-pci,drive=d{number}"
+        if d.slot is not None:
+            device += f",addr=0x{d.slot:x}"
+        if d.serial:
+            device += f",serial={_esc(d.serial)}"
+        if d.bootindex is not None:
+            device += f",bootindex={d.bootindex}"
+        drive = f"file={_esc(d.path)},if=none,id=d{number},format=raw,cache=unsafe"
+        cmd += ["-drive", drive + (",snapshot=on" if d.snapshot else ""), "-device", device]
     if m.net:
         nic = f"virtio-net-pci,netdev=n0,mac={m.net.mac}"
         if m.net.ipxe_rom:

@@ -71,10 +71,11 @@ class FileServer:
         with self._lock:
             return [line for _, line in self.requests if f" /{name} " in line]
 
-    def first_request(self, name: str) -> float | None:
-        """time.monotonic() of the first request for ``name``."""
+    def first_request(self, name: str, since: float = 0.0) -> float | None:
+        """time.monotonic() of the first request for ``name`` made at ``since`` or later."""
         with self._lock:
-            return next((t for t, line in self.requests if f" /{name} " in line), None)
+            return next((t for t, line in self.requests
+                         if t >= since and f" /{name} " in line), None)
 
     def start(self, supervisor: procs.Supervisor) -> FileServer:
         self._thread.start()

@@ -1,14 +1,16 @@
 """The small bootable OS that tools/vm-deploy deploys, built without loop devices.
 
-From two Debian packages (the cloud kernel and busybox-static), fetched with
-``apt-get download`` from the machine's own apt sources:
+From three Debian packages (the cloud kernel, busybox-static and mdadm),
+fetched with ``apt-get download`` from the machine's own apt sources:
 
     GPT disk image (67 MiB, ~10 MiB zstd)
       1  BIOS boot  1 MiB   GRUB core.img (i386-pc); boot.img's code in the MBR
       2  ESP       16 MiB   FAT, EFI/debian/grubx64.efi + EFI/BOOT/BOOTX64.EFI
       3  root      48 MiB   ext4: kernel, initramfs, grub.cfg, busybox, /sbin/init
 
-The initramfs loads the virtio and config-drive filesystem modules and
+The initramfs loads the virtio, md and config-drive filesystem modules,
+assembles any md arrays with mdadm (degraded ones too: tools/vm/testos_md.py,
+so that the same image boots from a plain disk or from a software RAID), and
 switches to the root filesystem, whose /sbin/init is the "first-boot unit":
 it prints a marker line, finds the config drive by label ``config-2``,
 prints the hostname from ``openstack/latest/meta_data.json`` and powers off.
@@ -33,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from vm import cache, grubimg
+from vm import cache, grubimg, testos_md
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES = os.path.join(HERE, "testos-files")
@@ -46,12 +48,12 @@ LAYOUT = (("bios-boot", "EF02", 1), ("esp", "EF00", 16), ("root", "8300", 48))
 FIRST_LBA = 2048
 # what the initramfs loads (their dependencies are worked out from the modules)
 WANTED_MODULES = ("virtio_pci", "virtio_blk", "isofs", "vfat", "nls_cp437", "nls_ascii",
-                  "nls_utf8")
+                  "nls_utf8", *testos_md.MD_MODULES)
 MARKER = "DEPLOY-AGENT-TEST-OS:"
 HOST_TOOLS = {"apt-get": "apt", "dpkg-deb": "dpkg", "sgdisk": "gdisk",
               "mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools", "mcopy": "mtools",
               "mmd": "mtools", "cpio": "cpio", "zstd": "zstd", "modinfo": "kmod",
-              "grub-mkimage": "grub-common"}
+              "grub-mkimage": "grub-common", "readelf": "binutils"}
 
 
 class BuildError(Exception):
@@ -111,14 +113,15 @@ def _candidate(package: str) -> str | None:
 
 
 def package_files(deb_dir: str) -> dict[str, str]:
-    """The .deb files for the kernel and busybox: apt's candidates, downloaded once.
+    """The .deb files for the kernel, busybox and mdadm: apt's candidates, downloaded once.
 
     Without apt lists (an offline machine) the newest cached files are used.
     """
     os.makedirs(deb_dir, exist_ok=True)
     found: dict[str, str] = {}
     for package, pattern in ((KERNEL_META, "linux-image-*-cloud-amd64_*.deb"),
-                             (BUSYBOX, "busybox-static_*.deb")):
+                             (BUSYBOX, "busybox-static_*.deb"),
+                             (testos_md.PACKAGE, testos_md.DEB_PATTERN)):
         wanted = _candidate(package)
         if wanted:
             name, version = wanted.split("_", 1)
@@ -143,9 +146,10 @@ def _tool_versions() -> str:
 
 def cache_key(debs: dict[str, str]) -> str:
     sources = [os.path.relpath(p, cache.REPO) for p in
-               (os.path.join(HERE, "testos.py"), os.path.join(HERE, "grubimg.py"), FILES)]
-    return cache.tree_digest(sources, extra=[os.path.basename(d) for d in sorted(debs.values())]
-                             + [_tool_versions()])
+               (os.path.join(HERE, "testos.py"), os.path.join(HERE, "grubimg.py"),
+                os.path.join(HERE, "testos_md.py"), FILES)]
+    extra = [os.path.basename(d) for d in sorted(debs.values())] + [_tool_versions()]
+    return cache.tree_digest(sources, extra=extra + testos_md.key_parts(debs[testos_md.PACKAGE]))
 
 
 # -- the parts -----------------------------------------------------------------------
@@ -212,7 +216,7 @@ def _cpio_gzip(tree: str, output: str) -> None:
         f.write(proc.stdout)
 
 
-def _initramfs(kernel_tree: str, busybox: str, output: str, work: str) -> None:
+def _initramfs(kernel_tree: str, busybox: str, mdadm_deb: str, output: str, work: str) -> None:
     moddirs = glob.glob(os.path.join(kernel_tree, "lib", "modules", "*"))
     if len(moddirs) != 1:
         raise BuildError(f"expected one kernel module tree, found {moddirs}")
@@ -223,6 +227,8 @@ def _initramfs(kernel_tree: str, busybox: str, output: str, work: str) -> None:
         shutil.copy2(path, os.path.join(tree, "lib", "modules", f"{name}.ko"))
     with open(os.path.join(tree, "etc", "modules-load"), "w", encoding="utf-8") as f:
         f.write("".join(f"{name}\n" for name, _ in order))
+    # arrays are assembled in the initramfs, as a distribution image with mdadm does
+    testos_md.install(mdadm_deb, tree, work)
     shutil.copy2(os.path.join(FILES, "initramfs-init"), os.path.join(tree, "init"))
     _cpio_gzip(tree, output)
 
@@ -280,7 +286,7 @@ def assemble(debs: dict[str, str], out: str, key: str) -> TestOS:
         busybox = os.path.join(bb_tree, "bin", "busybox")
 
         initrd = os.path.join(work, "initrd.img")
-        _initramfs(kernel_tree, busybox, initrd, work)
+        _initramfs(kernel_tree, busybox, debs[testos_md.PACKAGE], initrd, work)
         root_tree = _root_tree(kernel_tree, busybox, initrd, ids["root-fs"], work)
 
         early = os.path.join(work, "early.cfg")

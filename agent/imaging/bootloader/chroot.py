@@ -19,8 +19,8 @@ import os
 from collections.abc import Iterator, Sequence
 
 from agent import tools
+from agent.disk import mounts
 from agent.errors import CommandExecutionError, InvalidImage, ToolError
-from agent.imaging.bootloader import mounts
 
 LOG = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import struct
 import tempfile
 
 from agent import tools
+from agent.disk import mounts
 from agent.disk import partition_table as pt
 from agent.errors import CommandExecutionError, InvalidImage
-from agent.imaging.bootloader import devices, mounts, raid
+from agent.imaging.bootloader import devices, raid
 
 LOG = logging.getLogger(__name__)
 

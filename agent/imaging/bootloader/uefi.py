@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable, Iterator
 
 from agent import tools
+from agent.disk import mounts
 from agent.disk import partition_table as pt
 from agent.errors import DeviceNotFound
-from agent.imaging.bootloader import devices, efibootmgr, loaders, mounts
+from agent.imaging.bootloader import devices, efibootmgr, loaders
 
 LOG = logging.getLogger(__name__)
 

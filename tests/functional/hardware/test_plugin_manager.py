@@ -52,7 +52,7 @@ def test_plugin_step_is_listed_and_runs(plugin, tmp_path):
     body = listed["command_result"]
     versions = body["hardware_manager_version"]
     assert versions["example_hardware_manager"] == "1.3"
-    assert versions["generic_hardware_manager"] == "1.1"
+    assert versions["generic_hardware_manager"] == "1.2"
     assert body["clean_steps"]["ExampleHardwareManager"][0]["step"] == "example_stamp"
     assert body["clean_steps"]["ExampleHardwareManager"][0]["argsinfo"]["path"]["required"]
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 
 from agent.context import CommandContext
+from agent.disk import mounts
 from agent.errors import Cancelled, DeviceNotFound, ImageDownloadError
 from agent.imaging import inject_files, inject_tree
-from agent.imaging.bootloader import mounts
 from tests.conftest import requires_loop
 from tests.functional.hardware.loop_helpers import expose, loop_disk, sh
 

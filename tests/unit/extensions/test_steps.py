@@ -53,7 +53,7 @@ def run(runner, name, params):
     return runner.execute(f"clean.{name}", params, wait=True).to_dict()
 
 
-VERSIONS = {"vendor_hardware_manager": "2.1", "generic_hardware_manager": "1.1"}
+VERSIONS = {"vendor_hardware_manager": "2.1", "generic_hardware_manager": "1.2"}
 
 
 def test_get_clean_steps_shape_and_dedup(runner):
@@ -65,7 +65,8 @@ def test_get_clean_steps_shape_and_dedup(runner):
     steps = body["clean_steps"]
     # the vendor (higher support level) owns erase_devices; generic keeps metadata
     assert [s["step"] for s in steps["GenericHardwareManager"]] == [
-        "erase_devices_metadata", "erase_devices_express", "delete_configuration",
+        "erase_devices_metadata", "erase_devices_express", "erase_pstore", "burnin_cpu",
+        "burnin_disk", "burnin_memory", "burnin_network", "delete_configuration",
         "create_configuration"]
     assert steps["GenericHardwareManager"][0] == {
         "step": "erase_devices_metadata", "priority": 99, "interface": "deploy",

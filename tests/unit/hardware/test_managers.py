@@ -91,7 +91,7 @@ def test_dispatch_all_and_versions(state):
         "vendor_hardware_manager": managers.SupportLevel.MAINLINE,
         "generic_hardware_manager": managers.SupportLevel.GENERIC}
     assert managers.versions(state) == {"vendor_hardware_manager": "2.1",
-                                        "generic_hardware_manager": "1.1"}
+                                        "generic_hardware_manager": "1.2"}
 
 
 def test_every_manager_filter_applies_to_the_disk_list(state):

@@ -13,7 +13,8 @@ import tempfile
 import pytest
 
 from agent import config
-from agent.imaging.bootloader import mounts, uefi
+from agent.disk import mounts
+from agent.imaging.bootloader import uefi
 from agent.state import AgentState
 
 FIXTURES = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..",

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from agent.disk import mounts
 from agent.errors import CommandExecutionError
-from agent.imaging.bootloader import mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount tmpfs")
 

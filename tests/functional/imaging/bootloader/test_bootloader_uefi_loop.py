@@ -14,8 +14,9 @@ import re
 
 import pytest
 
+from agent.disk import mounts
 from agent.errors import CommandExecutionError, DeviceNotFound, ToolError
-from agent.imaging.bootloader import loaders, mounts, uefi
+from agent.imaging.bootloader import loaders, uefi
 from tests.conftest import requires_loop
 from tests.functional.imaging.bootloader import rootfs
 from tests.functional.imaging.bootloader.conftest import fuse_esp, mtools_esp

@@ -193,7 +193,7 @@ def runner(monkeypatch):
 def listed(runner, kind: str) -> dict[str, dict[str, Any]]:
     body = runner.execute(f"{kind}.get_{kind}_steps", {"node": {}, "ports": []},
                           wait=True).to_dict()["command_result"]
-    assert body["hardware_manager_version"] == {"generic_hardware_manager": "1.1"}
+    assert body["hardware_manager_version"] == {"generic_hardware_manager": "1.2"}
     return {s["step"]: s for s in body[f"{kind}_steps"]["GenericHardwareManager"]
             if s["interface"] == "raid"}
 

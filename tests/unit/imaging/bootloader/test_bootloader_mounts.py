@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent.imaging.bootloader import mounts
+from agent.disk import mounts
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "fixtures", "bootloader",
                        "mountinfo_stacked.txt")
