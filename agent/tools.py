@@ -80,7 +80,9 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
          required=False, arches=("amd64",)),
     # burn-in steps only (burnin_cpu/memory, burnin_disk/network)
     Tool("stress-ng", "stress-ng", "CPU and memory burn-in", required=False),
-    Tool("fio", "fio", "disk and network burn-in", required=False),
+    # not in the ramdisk (arches empty): Debian's fio links ceph, glusterfs, RDMA and,
+    # through libxml2, ICU, which the ramdisk prunes; burnin_disk/_network say it is missing
+    Tool("fio", "fio", "disk and network burn-in", required=False, arches=()),
     Tool("useradd", "passwd", "create the rescue user (rescue.finalize_rescue)", required=False),
     Tool("usermod", "passwd", "set the rescue user's password hash", required=False),
 ]}
