@@ -35,7 +35,7 @@ from agent.disk.usage import UsageSnapshot
 from agent.hardware import burnin_fio, hints
 from agent.hardware import burnin_run as run
 from agent.hardware.disks import Disk, list_disks
-from agent.hardware.erase_guards import refusal_reasons, virtual_media_reason
+from agent.hardware.erase_guards import refusal_reasons, skip_reason
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ MAX_LOOPS = 1000
 BOUND_FLOOR_RATE = 1024 * 1024          # bytes/s
 # per pass: half the disk written and read in the mix, the written half read back to verify
 PASS_FACTOR = 1.5
-SKIP_LISTED = "listed in properties.skip_block_devices"
 
 
 def _options(node: Any) -> tuple[int, int, str | None]:
@@ -72,12 +71,9 @@ def plan(disks: Sequence[Disk], node: Any, *, guard_shared: bool = True,
     skipped: dict[str, str] = {}
     refused: list[str] = []
     for disk in disks:
-        if hints.skipped_by(disk, skip_parsed):
-            skipped[disk.name] = SKIP_LISTED
-            continue
-        media = virtual_media_reason(disk)
-        if media:
-            skipped[disk.name] = media
+        why = skip_reason(disk, skip_parsed)
+        if why:
+            skipped[disk.name] = why
             continue
         if disk.read_only:
             skipped[disk.name] = "read-only: it cannot be written"

@@ -30,18 +30,18 @@ from agent.hardware import erase_ata, erase_nvme, erase_overwrite, hints
 from agent.hardware.disks import Disk, read_member_disk
 from agent.hardware.erase_base import EraseFailed, EraseOptions, EraseUnsupported
 from agent.hardware.erase_guards import (
+    SKIP_LISTED,
     UsageSnapshot,
     array_as_disk,
     array_refusal_reasons,
     refusal_reasons,
-    virtual_media_reason,
+    skip_reason,
 )
 from agent.hardware.erase_metadata import erase_metadata
 from agent.hardware.raid import arrays as md_arrays
 from agent.hardware.raid.arrays import MdArray
 
 LOG = logging.getLogger(__name__)
-SKIP_LISTED = "listed in properties.skip_block_devices"
 
 
 @dataclasses.dataclass
@@ -85,13 +85,9 @@ def prepare(disks: Sequence[Disk], node: Any, options: EraseOptions, *, guard_sh
     skipped: dict[str, str] = {}
     refused: list[str] = []
     for disk in candidates:
-        if hints.skipped_by(disk, skip_parsed):
-            skipped[disk.name] = SKIP_LISTED
-            continue
-        # before the read-only check: the boot ISO is read-only and must be skipped, not refused
-        media = virtual_media_reason(disk)
-        if media:
-            skipped[disk.name] = media
+        why = skip_reason(disk, skip_parsed)
+        if why:
+            skipped[disk.name] = why
             continue
         if disk.read_only:
             if options.skip_read_only:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 
 from agent import tools
 from agent.disk import partition_table, vmedia
 from agent.disk.usage import Node, UsageSnapshot, Use
 from agent.errors import AgentError
+from agent.hardware import hints
 from agent.hardware.disks import Disk, Partition, list_partitions
 from agent.hardware.raid.arrays import MdArray
 
@@ -103,6 +104,19 @@ def shared_san_reasons(disk: Disk, parts: Iterable[Partition]) -> list[str]:
             reasons.append(f"{where} carries a {SHARED_FS_TYPES[fstype]} signature "
                            f"({found['TYPE']})")
     return reasons
+
+
+SKIP_LISTED = "listed in properties.skip_block_devices"
+
+
+def skip_reason(disk: Disk, skip_parsed: Sequence[Sequence[hints.Hint]]) -> str | None:
+    """Why a disk-wide step leaves ``disk`` alone: the node's skip list or virtual media.
+
+    Asked before the read-only check: the boot ISO is read-only and is skipped, not refused.
+    """
+    if hints.skipped_by(disk, skip_parsed):
+        return SKIP_LISTED
+    return virtual_media_reason(disk)
 
 
 def virtual_media_reason(disk: Disk) -> str | None:

@@ -19,11 +19,9 @@ from typing import Any
 from agent.errors import InvalidCommandParamsError
 from agent.hardware import hints
 from agent.hardware.disks import Disk, read_member_disk
-from agent.hardware.erase_guards import array_as_disk, virtual_media_reason
+from agent.hardware.erase_guards import SKIP_LISTED, array_as_disk, virtual_media_reason
 from agent.hardware.raid import arrays as md_arrays
 from agent.hardware.raid.arrays import MdArray
-
-SKIP_LISTED = "listed in properties.skip_block_devices"
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agent.errors import InvalidCommandParamsError, UnsafeDevice
-from agent.hardware import burnin, burnin_disk, burnin_fio, burnin_net, burnin_stress
+from agent.hardware import burnin, burnin_disk, burnin_fio, burnin_net, burnin_stress, erase_guards
 from agent.hardware import burnin_run as run
 from agent.hardware.disks import Disk
 
@@ -178,7 +178,7 @@ def test_md_array_is_refused_skipped_and_read_only_disks_are_not_touched():
     assert "/dev/md0 is an md array" in exc.value.details
     assert burnin_disk.plan([ro, skip], node) == ([], {
         "/dev/sr9": "read-only: it cannot be written",
-        "/dev/sdz": burnin_disk.SKIP_LISTED})
+        "/dev/sdz": erase_guards.SKIP_LISTED})
 
 
 def test_no_disk_to_burn_in_runs_nothing():
