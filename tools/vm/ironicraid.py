@@ -43,7 +43,7 @@ def md_superblocks(path: str, size_mib: int) -> list[int]:
     return found
 
 
-class IronicRaidRun(IronicRun):
+class IronicRaidRun(raidflow.MemberDisks, IronicRun):
     def __init__(self, opts: Any, sup: Any) -> None:
         super().__init__(opts, sup)
         self.run_dir += f"-raid{opts.raid}"
@@ -167,11 +167,3 @@ class IronicRaidRun(IronicRun):
         self.check_loopback_only()
         say(f"lifecycle complete: RAID-{self.level} applied in the deploy, booted whole and "
             f"without each member, wiped by cleaning ({MARKER} seen on every boot)")
-
-    def discard_disk(self) -> None:
-        for path in self.members:
-            if os.path.exists(path):
-                os.unlink(path)
-
-    def result(self, ok: bool, error: str | None) -> dict[str, Any]:
-        return super().result(ok, error) | {"raid": self.level, "members": len(self.members)}

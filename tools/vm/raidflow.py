@@ -60,7 +60,23 @@ def check_clean_result(result: Any, level: str) -> str:
                      f"{ld.get('size_gb')} GiB, {ld.get('controller')}" for ld in logical)
 
 
-class RaidRun(flow.DeployRun):
+class MemberDisks:
+    """What every RAID run does with its member images: report them, then discard them."""
+
+    members: list[str]
+    level: str
+
+    def discard_disk(self) -> None:
+        for path in self.members:
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def result(self, ok: bool, error: str | None) -> dict[str, Any]:
+        base: dict[str, Any] = super().result(ok, error)  # type: ignore[misc]
+        return base | {"raid": self.level, "members": len(self.members)}
+
+
+class RaidRun(MemberDisks, flow.DeployRun):
     def __init__(self, opts: flow.Options, sup: Any) -> None:
         super().__init__(opts, sup)
         assert opts.raid in MEMBERS
@@ -163,11 +179,3 @@ class RaidRun(flow.DeployRun):
         for index in range(len(self.members)):
             degraded.boot_without(self, index)
         say(f"the OS booted with each of the {len(self.members)} members missing in turn")
-
-    def discard_disk(self) -> None:
-        for path in self.members:
-            if os.path.exists(path):
-                os.unlink(path)
-
-    def result(self, ok: bool, error: str | None) -> dict[str, Any]:
-        return super().result(ok, error) | {"raid": self.level, "members": len(self.members)}
