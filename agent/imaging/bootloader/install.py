@@ -6,7 +6,9 @@
    carries its own boot loader: done.
 3. Otherwise the GRUB path, which runs the image's own grub as root and is
    therefore opt-in (``enable_bios_bootloader_install``, CVE-2026-43003):
-   BIOS grub on x86, or grub in the PReP partition on ppc64le.
+   BIOS grub on x86, grub in the PReP partition on ppc64le, or for UEFI the
+   ESP the agent made for a partition image filled from the image's
+   /boot/efi or its grub-install (``uefi_partition``).
 
 An md install disk (software RAID) takes its own path instead (``raid``):
 boot code built from the ramdisk's grub on every member disk for BIOS, a
@@ -25,7 +27,16 @@ import platform
 
 from agent.context import CommandContext
 from agent.errors import AgentError, Cancelled, CommandExecutionError, DeviceNotFound, InvalidImage
-from agent.imaging.bootloader import devices, grub_bios, prep, raid, raid_bios, raid_uefi, uefi
+from agent.imaging.bootloader import (
+    devices,
+    grub_bios,
+    prep,
+    raid,
+    raid_bios,
+    raid_uefi,
+    uefi,
+    uefi_partition,
+)
 from agent.state import AgentState
 
 LOG = logging.getLogger(__name__)
@@ -50,9 +61,11 @@ class Outcome:
     """What was done, for the log and for tests; the command itself returns null."""
 
     disk: str
-    # 'uefi', 'whole-disk', 'grub-bios', 'prep', 'raid-bios', 'raid-uefi', 'ignored'
+    # 'uefi', 'whole-disk', 'grub-bios', 'prep', 'uefi-image-efi', 'uefi-grub-install',
+    # 'raid-bios', 'raid-uefi', 'ignored'
     path: str
     uefi: uefi.UefiOutcome | None = None
+    esp: uefi_partition.EspOutcome | None = None
     raid: raid_bios.BiosOutcome | raid_uefi.UefiRaidOutcome | None = None
     ignored: list[str] = dataclasses.field(default_factory=list)
 
@@ -108,14 +121,14 @@ def install_bootloader(state: AgentState, request: Request, *, ctx: CommandConte
         return outcome
     _phase(ctx, "grub")
     try:
-        outcome.path = _grub_path(disk.name, request, arch)
+        outcome.path = _grub_path(disk.name, request, arch, outcome)
     except Exception as exc:  # noqa: BLE001
         _fail_or_ignore(exc, request, outcome, "the GRUB path")
         outcome.path = "ignored"
     return outcome
 
 
-def _grub_path(disk: str, request: Request, arch: str) -> str:
+def _grub_path(disk: str, request: Request, arch: str, outcome: Outcome | None = None) -> str:
     view = devices.DiskView(disk)
     assert request.root_uuid is not None
     root_device = devices.find_root(view, request.root_uuid)
@@ -123,10 +136,10 @@ def _grub_path(disk: str, request: Request, arch: str) -> str:
         prep.install(view, root_device, request.prep_boot_part_uuid)
         return "prep"
     if request.target_boot_mode == "uefi":
-        raise CommandExecutionError(
-            f"the EFI system partition on {disk} holds no boot loader, and installing one from "
-            "the image's grub for UEFI is not supported; use an image whose ESP (or "
-            "whole-disk image) carries its own loader")
+        esp = uefi_partition.install(disk, root_device, request.efi_system_part_uuid, arch=arch)
+        if outcome is not None:
+            outcome.esp, outcome.uefi = esp, esp.uefi
+        return f"uefi-{esp.method}"
     grub_bios.install(disk, root_device, arch=arch)
     return "grub-bios"
 

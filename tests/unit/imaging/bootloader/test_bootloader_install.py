@@ -27,7 +27,8 @@ def state(monkeypatch):
 def calls(monkeypatch):
     seen = []
     monkeypatch.setattr(install, "_grub_path",
-                        lambda disk, req, arch: seen.append(("grub", disk, arch)) or "grub-bios")
+                        lambda disk, req, arch, outcome=None: seen.append(("grub", disk, arch))
+                        or "grub-bios")
     return seen
 
 
@@ -95,12 +96,20 @@ def test_ppc64le_never_tries_uefi(state, calls, monkeypatch):
     assert calls == [("grub", "/dev/sdz", "ppc64le")]
 
 
-def test_uefi_grub_path_is_refused_clearly(monkeypatch):
+def test_uefi_grub_path_fills_the_partition_images_esp(monkeypatch):
     view = types.SimpleNamespace()
     monkeypatch.setattr(install.devices, "DiskView", lambda disk: view)
     monkeypatch.setattr(install.devices, "find_root", lambda v, uuid: "/dev/sdz2")
-    with pytest.raises(CommandExecutionError, match="holds no boot loader, and installing one "
-                                                    "from the image's grub for UEFI is not "
-                                                    "supported"):
-        install._grub_path("/dev/sdz", Request(root_uuid="abc", target_boot_mode="uefi"),
-                           "x86_64")
+    seen = []
+    esp = types.SimpleNamespace(method="image-efi", uefi="registered")
+
+    def fill(disk, root, esp_uuid, *, arch):
+        seen.append((disk, root, esp_uuid, arch))
+        return esp
+    monkeypatch.setattr(install.uefi_partition, "install", fill)
+    outcome = install.Outcome(disk="/dev/sdz", path="")
+    request = Request(root_uuid="abc", efi_system_part_uuid="ABCD-1234",
+                      target_boot_mode="uefi")
+    assert install._grub_path("/dev/sdz", request, "x86_64", outcome) == "uefi-image-efi"
+    assert seen == [("/dev/sdz", "/dev/sdz2", "ABCD-1234", "x86_64")]
+    assert outcome.esp is esp and outcome.uefi == "registered"
