@@ -121,30 +121,28 @@ def to_available(api: Ironic, uuid: str, timeout: float = 120) -> dict[str, Any]
 
 def guard_erase(api: Ironic, node_uuid: str, disks: list[str], work_dir: str,
                 cmdline_path: str | None = None) -> dict[str, Any]:
-    """Ask the agent which disks it would erase; stop unless it is exactly ``disks``.
+    """Skip every disk but the one given; stop unless the agent would write exactly it.
 
-    Every other disk the agent sees goes into skip_block_devices first, so a
-    cleaning test can never reach the host's own disks.
+    One ``s!=`` name hint, rather than a list of the other disks' names, also
+    covers loop devices that other tests create while this one runs, so a
+    cleaning test can never reach a disk that is not its own.
     """
-    def plan(node: dict[str, Any]) -> dict[str, Any]:
-        node_file = os.path.join(work_dir, "erase-plan-node.json")
-        with open(node_file, "w", encoding="utf-8") as f:
-            json.dump(node, f)
-        argv = [sys.executable, "-m", "agent.cli", "erase-plan", "--include-loop-devices",
-                "--node", node_file]
-        if cmdline_path:
-            argv += ["--cmdline", cmdline_path]
-        out = subprocess.run(argv, cwd=harness.REPO, capture_output=True, text=True,
-                             env=dict(os.environ, PYTHONPATH=harness.REPO))
-        return dict(json.loads(out.stdout))
-
-    first = plan({"properties": {}})
-    others = [d for d in first["disks"] if d not in disks]
-    skip = [{"name": d} for d in others]
-    node = api.patch_node(node_uuid, **{"properties/skip_block_devices": skip})
-    answer = plan({"properties": node["properties"], "driver_info": node["driver_info"]})
-    if sorted(answer["erase"]) != sorted(disks) or answer["refused"]:
-        pytest.fail(f"refusing to clean: the agent would erase {answer['erase']} "
+    if len(disks) != 1:
+        raise ValueError("guard_erase confines a step to exactly one disk")
+    node = api.patch_node(node_uuid, **{"properties/skip_block_devices":
+                                        [{"name": f"s!= {disks[0]}"}]})
+    node_file = os.path.join(work_dir, "erase-plan-node.json")
+    with open(node_file, "w", encoding="utf-8") as f:
+        json.dump({"properties": node["properties"], "driver_info": node["driver_info"]}, f)
+    argv = [sys.executable, "-m", "agent.cli", "erase-plan", "--include-loop-devices",
+            "--node", node_file]
+    if cmdline_path:
+        argv += ["--cmdline", cmdline_path]
+    out = subprocess.run(argv, cwd=harness.REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=harness.REPO))
+    answer = dict(json.loads(out.stdout))
+    if answer["erase"] != disks or answer["refused"]:
+        pytest.fail(f"refusing to clean: the agent would write {answer['erase']} "
                     f"(refused: {answer['refused']}), not exactly {disks}", pytrace=False)
     return answer
 

@@ -259,3 +259,69 @@ def tar_members(path: str) -> dict[str, bytes]:
             if extracted is not None:
                 found[member.name] = extracted.read()
     return found
+
+
+# -- what Ironic forgets when a flow ends ----------------------------------------------
+
+class StepWatch:
+    """An ``on_poll`` for ``Ironic.wait_for`` that keeps what Ironic wipes when a flow ends.
+
+    Ironic stores no step results, and when cleaning, a deploy or servicing ends it
+    drops the agent's token, URL and certificate and its cached step lists from the
+    node.  The API masks the token, so it is read from Ironic's own database while
+    the flow runs; with it, ``commands()`` asks the agent for its command results.
+    """
+
+    def __init__(self, database_url: str, node_uuid: str) -> None:
+        self.db_path = database_url.removeprefix("sqlite:///")
+        self.node_uuid = node_uuid
+        self.seen: dict[str, Any] = {}       # last non-empty agent_cached_* / *_steps
+        self.token = ""
+        self.agent_url = ""
+        self.ca_pem = ""
+
+    def __call__(self, node: dict[str, Any]) -> None:
+        for key, value in (node.get("driver_internal_info") or {}).items():
+            if value and (key.startswith("agent_cached_") or key.endswith("_steps")):
+                self.seen[key] = value
+        if self.token:
+            return
+        import sqlite3
+
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT driver_internal_info FROM nodes WHERE uuid = ?",
+                             (self.node_uuid,)).fetchone()
+        info = json.loads(row[0]) if row and row[0] else {}
+        if info.get("agent_secret_token") and info.get("agent_url"):
+            ca = info.get("agent_verify_ca")
+            if isinstance(ca, str) and os.path.isfile(ca):
+                with open(ca, encoding="ascii") as f:
+                    self.ca_pem = f.read()
+            self.token, self.agent_url = info["agent_secret_token"], info["agent_url"]
+
+    def commands(self, work_dir: str) -> list[dict[str, Any]]:
+        """The agent's command results (``GET /v1/commands``), oldest first."""
+        import requests
+
+        if not self.token:
+            raise AssertionError("the agent's token was never seen in Ironic's database")
+        verify: bool | str = True
+        if self.ca_pem:
+            verify = os.path.join(work_dir, "agent-ca.pem")
+            with open(verify, "w", encoding="ascii") as f:
+                f.write(self.ca_pem)
+        r = requests.get(f"{self.agent_url}/v1/commands/", params={"agent_token": self.token},
+                         verify=verify, timeout=30)
+        r.raise_for_status()
+        return list(r.json()["commands"])
+
+    def step_results(self, work_dir: str, step_type: str) -> dict[str, Any]:
+        """Step name -> the agent's result of its last ``execute_<type>_step``."""
+        found = {}
+        for command in self.commands(work_dir):
+            result = command.get("command_result") or {}
+            step = result.get(f"{step_type}_step") or {}
+            if command.get("command_name") == f"execute_{step_type}_step" and step:
+                found[step["step"]] = dict(result.get(f"{step_type}_result") or {},
+                                           command_status=command.get("command_status"))
+        return found
