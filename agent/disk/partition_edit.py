@@ -1,5 +1,10 @@
-"""Partition table changes, behind one wrapper: sgdisk edits GPTs, sfdisk edits MBRs
-and writes whole new layouts of either kind.
+"""Partition table changes, behind one wrapper: sfdisk edits GPTs and MBRs and writes
+whole new layouts of either kind.
+
+Not sgdisk: after writing a table it calls sync() for every filesystem and
+then sleeps a full second before its own re-read, on every call; sfdisk with
+``--no-reread`` writes the same GPT bytes, fsyncs the device and returns in
+milliseconds (the re-read is ours, below).
 
 Every change is followed by a read-back with our own reader and a check that
 the table now says exactly what we asked for; a tool that exits 0 but wrote
@@ -38,10 +43,11 @@ class PartSpec:
 
 @contextlib.contextmanager
 def _keep_disk_signature(device: str) -> Iterator[None]:
-    """sgdisk rewrites the protective MBR with a zero disk signature.
+    """Table tools may rewrite the protective MBR with a zero disk signature.
 
-    For whole-disk images that 4-byte signature is the ``root uuid`` the
-    conductor records (reference §5.6), so it must survive table edits.
+    sgdisk does; libfdisk keeps it today.  For whole-disk images those 4 bytes
+    are the ``root uuid`` the conductor records (reference §5.6), so they must
+    survive table edits whichever tool or version made them.
     """
     with open(device, "rb") as f:
         f.seek(DISK_SIGNATURE_OFFSET)
@@ -57,7 +63,11 @@ def _keep_disk_signature(device: str) -> Iterator[None]:
 
 
 def relocate_backup(device: str) -> pt.PartitionTable:
-    """Move the GPT backup header and array to the end of the disk (``sgdisk -e``)."""
+    """Move the GPT backup header and array to the end of the disk.
+
+    Also widens the usable area and the protective MBR to the whole disk; a
+    hybrid MBR is left alone.
+    """
     table = _require(device, "gpt")
     if table.ok:
         return table
@@ -65,7 +75,7 @@ def relocate_backup(device: str) -> pt.PartitionTable:
         raise DeploymentError(f"refusing to relocate the GPT of {device}: its primary copy "
                               f"is damaged ({'; '.join(table.problems)})")
     with _keep_disk_signature(device):
-        tools.run("sgdisk", "-e", device)
+        tools.run("sfdisk", *_SFDISK_QUIET, "--relocate", "gpt-bak-std", device)
     after = pt.read_table(device)
     if after.kind != "gpt" or not after.ok:
         raise DeploymentError(f"moving the backup GPT of {device} to the end of the disk "
@@ -162,6 +172,8 @@ def _add_gpt(device: str, table: pt.PartitionTable, size_bytes: int, name: str,
     if not table.primary_ok:
         raise DeploymentError(f"refusing to edit the GPT on {device}: its primary copy is "
                               f"damaged ({'; '.join(table.problems)})")
+    # judged before anything is written, the backup relocation included
+    fields = f'type={_guid(type_guid)}, name="{_gpt_name(name)}"'
     if not table.ok:
         table = relocate_backup(device)
     first, last = _end_slot(table, size_bytes, table.last_usable_lba or table.last_lba)
@@ -170,11 +182,27 @@ def _add_gpt(device: str, table: pt.PartitionTable, size_bytes: int, name: str,
     if number is None:
         raise DeploymentError(f"all 128 GPT entries of {device} are in use")
     guid = str(uuid.uuid4())
+    script = f"start={first}, size={last - first + 1}, {fields}, uuid={guid}\n"
     with _keep_disk_signature(device):
-        tools.run("sgdisk", "-n", f"{number}:{first}:{last}", "-t", f"{number}:{type_guid}",
-                  "-c", f"{number}:{name}", "-u", f"{number}:{guid}", device)
+        tools.run("sfdisk", *_SFDISK_QUIET, "-N", number, device, input=script)
     return _verify_added(device, table, number, first, last,
                          dict(type_guid=type_guid, unique_guid=guid, name=name))
+
+
+def _guid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise DeploymentError("a partition type must be a GUID") from None
+
+
+def _gpt_name(name: str) -> str:
+    # goes into an sfdisk script inside double quotes; GPT names hold 36 UTF-16 units
+    if len(name.encode("utf-16-le")) > 72 or any(c in '"\\' or not c.isprintable()
+                                                  for c in name):
+        raise DeploymentError("a GPT partition name must be at most 36 printable characters "
+                              "without quotes or backslashes")
+    return name
 
 
 def _add_mbr(device: str, table: pt.PartitionTable, size_bytes: int,

@@ -218,3 +218,78 @@ def test_layout_validation(small_gpt, label, specs, match):
     with pytest.raises(DeploymentError, match=match):
         pe.write_layout(small_gpt, label, specs)
     assert digest(small_gpt) == before
+
+
+# --- GPT edits go through sfdisk: same table bytes, no sync-and-sleep ----------------------
+
+@pytest.fixture
+def tools_used(monkeypatch) -> list[str]:
+    from agent import tools
+    used: list[str] = []
+    real = tools.run
+
+    def recording(tool, *args, **kwargs):
+        used.append(tool)
+        return real(tool, *args, **kwargs)
+    monkeypatch.setattr(tools, "run", recording)
+    return used
+
+
+def test_gpt_edits_do_not_use_sgdisk(small_gpt, tools_used):
+    # sgdisk calls sync() and then sleeps a second after every table it writes
+    pe.add_partition_at_end(small_gpt, 8 * MiB, name="config-v2")
+    assert tools_used and "sgdisk" not in tools_used
+
+
+def test_gpt_edits_keep_boot_code_and_disk_signature(small_gpt):
+    code = bytes(range(256)) + bytes(range(184)) + b"\x78\x56\x34\x12"
+    with open(small_gpt, "r+b") as f:
+        f.write(code)
+    pe.add_partition_at_end(small_gpt, 8 * MiB, name="config-v2")
+    with open(small_gpt, "rb") as f:
+        assert f.read(444) == code
+    assert pt.read_table(small_gpt).disk_signature == 0x12345678
+
+
+def test_relocate_agrees_with_sgdisk(tmp_path, small_gpt):
+    ours = small_gpt
+    theirs = str(tmp_path / "sgdisk.img")
+    with open(ours, "rb") as src, open(theirs, "wb") as dst:
+        dst.write(src.read())
+    pe.relocate_backup(ours)
+    subprocess.run(["sgdisk", "-e", theirs], check=True, capture_output=True)
+    a, b = pt.read_table(ours), pt.read_table(theirs)
+    assert a.ok and b.ok and a.partitions == b.partitions
+    assert (a.disk_guid, a.backup_lba, a.first_usable_lba) == \
+        (b.disk_guid, b.backup_lba, b.first_usable_lba)
+    # sgdisk mirrors the 1 MiB reserved at the start at the end; both are valid
+    assert a.last_usable_lba >= b.last_usable_lba
+    check = subprocess.run(["sgdisk", "-v", ours], capture_output=True, text=True)
+    assert check.returncode == 0 and "No problems found" in check.stdout
+
+
+def test_gpt_edits_leave_a_hybrid_mbr_alone(tmp_path):
+    path = image(tmp_path, 64 * MiB)
+    subprocess.run(["sgdisk", "-n", "1:2048:+8M", "-t", "1:ef00", "-n", "2:0:+8M", path],
+                   check=True, capture_output=True)
+    subprocess.run(["sgdisk", "-h", "1", path], check=True, capture_output=True)
+    with open(path, "rb") as f:
+        mbr = f.read(512)
+    grow(path, 128 * MiB)
+    part = pe.add_partition_at_end(path, 8 * MiB, name="config-v2")
+    assert part.number == 3 and pt.read_table(path).ok
+    with open(path, "rb") as f:
+        assert f.read(512) == mbr
+
+
+@pytest.mark.parametrize("name", ['con"fig', "a\\b", "line\nbreak", "x" * 37])
+def test_gpt_name_that_cannot_be_written_touches_nothing(small_gpt, name):
+    before = digest(small_gpt)      # the backup GPT is misplaced: not even that moves
+    with pytest.raises(DeploymentError, match="GPT partition name"):
+        pe.add_partition_at_end(small_gpt, 8 * MiB, name=name)
+    assert digest(small_gpt) == before
+
+
+def test_gpt_name_of_36_characters(small_gpt):
+    part = pe.add_partition_at_end(small_gpt, 8 * MiB, name="n" * 36)
+    assert part.name == "n" * 36
