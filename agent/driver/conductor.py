@@ -33,6 +33,7 @@ from agent.errors import DeployFailed
 Event = Callable[[str, Any], None]
 CONNECTION_ERRORS = (requests.ConnectionError, requests.Timeout)
 MAX_ATTEMPTS = 3
+FIRST_POLL_S = 0.05
 
 
 def _noop(kind: str, data: Any) -> None:
@@ -193,6 +194,9 @@ class Conductor:
         """Watch the last command until the step ends; None on a version mismatch."""
         name = f"execute_{step_type}_step"
         unreachable_since: float | None = None
+        # short steps end in tens of milliseconds: poll soon, then back off to the
+        # configured interval, so a short step does not wait out a whole interval
+        interval = min(FIRST_POLL_S, self.poll_interval)
         while True:
             try:
                 last = self._last_entry()
@@ -221,7 +225,8 @@ class Conductor:
                     return last
             elif last and status == "RUNNING" and last.get("progress"):
                 self.emit("progress", last["progress"])
-            self.sleep(self.poll_interval)
+            self.sleep(interval)
+            interval = min(interval * 2, self.poll_interval)
 
     def collect_logs(self, label: str) -> str | None:
         """Save the agent's logs after a failure, as the conductor does; never raises."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 
 import pytest
 
@@ -60,3 +61,33 @@ def test_an_unreachable_agent_fails_after_three_attempts():
     client = agent_client("http://127.0.0.1:9", None, True)
     with pytest.raises(DeployFailed, match="unreachable after 3 attempts"):
         Conductor(client).post("standby.sync", {}, wait=True)
+
+
+def test_a_short_step_is_seen_soon_then_polling_backs_off(monkeypatch):
+    monkeypatch.syspath_prepend(PLUGIN_DIR)
+    # one retry 0.3 s after a refused connection: a step that runs a few polls long
+    cfg = config_mod.load(read_proc=False, env={}, flags={
+        "standalone": True, "listen_host": "127.0.0.1", "listen_port": free_port(),
+        "agent_token": "t" * 43, "image_download_connection_retries": 1,
+        "image_download_connection_retry_interval": 0.3})
+    runtime = Runtime(cfg)
+    server = runtime.start_api()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    try:
+        driver = Conductor(agent_client(f"http://127.0.0.1:{server.port}", "t" * 43, True),
+                           poll_interval=2.0, sleep=sleep)
+        with pytest.raises(DeployFailed, match="write_image failed"):
+            driver.deploy(DeployPlan(image_info={"id": "x", "urls": ["http://127.0.0.1:9/x"],
+                                                 "os_hash_algo": "sha256",
+                                                 "os_hash_value": "0" * 64},
+                                     power_off=False))
+    finally:
+        runtime.close()
+    # the step's end is seen within a poll or two, not after a whole 2 s interval
+    assert sleeps and sleeps[0] == 0.05
+    assert all(b == min(a * 2, 2.0) for a, b in zip(sleeps, sleeps[1:], strict=False))
