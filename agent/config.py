@@ -14,75 +14,20 @@ import dataclasses
 import difflib
 import os
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent.config_parse import (
+    _api_urls,
+    _choice,
+    _list,
+    _memory_mb,
+    _number,
+    _opt_str,
+    _port,
+    parse_bool,
+)
 from agent.errors import ConfigError
-
-TRUE = {"1", "true", "yes", "on"}
-FALSE = {"0", "false", "no", "off"}
-
-
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in TRUE:
-        return True
-    if text in FALSE:
-        return False
-    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
-
-
-def _number(kind: Callable[[Any], Any], minimum: float | None) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
-        if minimum is not None and number < minimum:
-            raise ValueError(f"must be at least {minimum:g}")
-        return number
-    return parse
-
-
-def _choice(choices: Iterable[str]) -> Callable[[Any], str]:
-    allowed = tuple(choices)
-
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in allowed:
-            raise ValueError(f"accepted values: {', '.join(allowed)}")
-        return text
-    return parse
-
-
-def _list(value: Any) -> list[str]:
-    if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [v.strip() for v in str(value).split(",") if v.strip()]
-
-
-def _api_urls(value: Any) -> list[str]:
-    urls = _list(value)
-    for url in urls:
-        if url != "mdns" and not url.startswith(("http://", "https://")):
-            raise ValueError("each URL must start with http:// or https:// (or be 'mdns')")
-    return [u.rstrip("/") for u in urls]
-
-
-def _opt_str(value: Any) -> str | None:
-    text = str(value).strip()
-    return text or None
-
-
-def _port(value: Any) -> int:
-    port = _number(int, 1)(value)
-    if port > 65535:
-        raise ValueError("must be between 1 and 65535")
-    return port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +63,17 @@ class Config:
 
     api_url: list[str] = setting(
         _api_urls, [], "controller (Ironic API) URLs, tried in order", ("ipa-api-url",))
+    # mDNS answers are unauthenticated: discovery without ipa-api-url=mdns is opt-in (as IPA)
+    use_mdns: bool = setting(
+        parse_bool, False, "find the controller through mDNS when ipa-api-url is not given",
+        ("ipa-use-mdns",))
+    mdns_timeout: float = setting(
+        _number(float, 1), 60.0, "seconds to keep asking mDNS before giving up")
+    mdns_interfaces: list[str] = setting(
+        _list, [], "interfaces (names or IP addresses) to ask mDNS on; empty: all")
+    mdns_allowed_overrides: list[str] = setting(
+        _list, ["inspection_callback_url", "ntp_server"],
+        "settings an mDNS TXT record may set (as ipa_<setting>) when no source gave them")
     insecure: bool = setting(
         parse_bool, False, "skip TLS verification for outbound HTTPS", ("ipa-insecure",))
     agent_token: str | None = setting(
@@ -242,6 +198,10 @@ class Config:
     image_zero_skip: bool = setting(
         parse_bool, True,
         "turn zero runs into no-fallback zero-out (punch hole) instead of writing them")
+    image_staging_memory_mb: int | str = setting(
+        _memory_mb, "auto",
+        "MiB of RAM a qcow2 (etc.) file may be staged in: auto = min(3/4, all but 1 GiB) of "
+        "available memory, 0 = none", ("ipa-image-staging-memory-mb",))
     heartbeat_timeout: float = setting(_number(float, 1), 300.0, "base of the heartbeat interval")
     skip_bmc_detect: bool = setting(parse_bool, False, "do not probe the BMC")
     exit_on_stop: bool = setting(

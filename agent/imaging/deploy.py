@@ -8,6 +8,10 @@ This is the one place that composes the imaging stages for a command:
                        or → stage in the disk's tail → qemu-img (nonraw.py)
                      → head → verify
                      on any error, the writer wipes what it wrote
+      or, for a non-raw image whose file fits the memory budget (staging.py):
+                     source → hash → [decompress] → memory; checksum passed
+                     → writer (tables wiped) → qemu-img → verify
+                     the disk is untouched until the checksum has passed
     → re-read partitions → config drive → record UUIDs
 
 Partition images put their own table around ``stream_image``
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,18 +31,17 @@ from typing import Any
 import requests
 
 from agent.disk import blockdev, partition_edit, partition_table, reread
-from agent.errors import InvalidImage
 from agent.hardware import find_install_disk
 from agent.imaging import (
     checksum,
     formats,
     image_info,
-    nonraw,
     partition_deploy,
     partition_image,
     verify,
     written,
 )
+from agent.imaging import staging as staging_mod
 from agent.imaging.head import OpenedImage, open_image
 from agent.imaging.source import HTTPSource, fetch_text
 from agent.imaging.stream import StreamOptions, StreamReport, stream_body
@@ -130,31 +134,33 @@ def resolve_checksum(state: AgentState, spec: image_info.ImageSpec,
                                headers=spec.headers, auth=spec.auth))
 
 
-@dataclasses.dataclass(frozen=True)
-class Staging:
-    """Where a non-raw image file lands, checksummed, before qemu-img converts it."""
-
-    format: str
-    virtual_size: int
-    offset: int         # on the target disk, beyond the image's virtual size
-    room: int
-
-
 def stream_image(opened: OpenedImage, device: str, expected: checksum.Expected, *,
-                 options: StreamOptions | None = None, staging: Staging | None = None,
+                 options: StreamOptions | None = None, staging: staging_mod.Staging | None = None,
                  progress: Progress | None = None,
                  cancel_check: Callable[[], None] = lambda: None) -> StreamReport:
-    """Write the opened image onto ``device``, its first MiB last; raise with the disk wiped."""
+    """Write the opened image onto ``device``, its first MiB last; raise with the disk wiped.
+
+    With memory staging the disk is not touched at all before the checksum
+    has passed; an error until then says so.
+    """
     opts = options or StreamOptions()
+    progress = progress or Progress()
+    if staging is not None and staging.where == staging_mod.MEMORY:
+        with staging_mod.stage_in_memory(opened, staging, device, expected, opts, progress,
+                                         cancel_check) as (report, stage):
+            return staging_mod.write_staged(stage, report, device, opts, progress,
+                                            cancel_check)
     if staging is not None:
         opts = dataclasses.replace(opts, base=staging.offset, limit=staging.room,
                                    hold_head=False)
-    progress = progress or Progress()
     started = time.monotonic()
     with contextlib.closing(opened.source), DeviceWriter(
             device, direct=opts.direct, zero_skip=opts.zero_skip,
             hash_output="sha256" if opts.verify_after_write else None,
             base=opts.base, hold_head=opts.hold_head, limit=opts.limit) as writer:
+        if staging is not None:
+            writer.limit_reason = (f"the memory budget is {staging.budget} bytes "
+                                   f"({staging_mod.SETTING})")
         # from here until the head is written the disk cannot boot; any error
         # inside this block makes the writer wipe its tables again (writer.py)
         writer.begin()
@@ -168,7 +174,10 @@ def stream_image(opened: OpenedImage, device: str, expected: checksum.Expected, 
                 verify.verify_device(device, writer.position, writer.output_digest or "",
                                      progress, cancel_check, offset=writer.base)
         if staging is not None:
-            report.conversion = _convert(staging, writer, device, progress, cancel_check)
+            progress.update(phase="convert", done=0, total=staging.virtual_size)
+            report.conversion = staging_mod.convert(
+                staging, device, writer.pad(4096), device, staging_mod.phase(progress, "convert"),
+                cancel_check)
         writer.write_head()
         if opts.verify_after_write:
             if staging is None:
@@ -177,25 +186,6 @@ def stream_image(opened: OpenedImage, device: str, expected: checksum.Expected, 
             report.verified_after_write = True
     report.seconds = round(time.monotonic() - started, 3)
     return report
-
-
-def _convert(staging: Staging, writer: DeviceWriter, device: str, progress: Progress,
-             cancel_check: Callable[[], None]) -> dict[str, Any]:
-    """Stage → qemu-img: the staged image file becomes the guest disk, its first MiB last.
-
-    qemu-img reads only bytes whose checksum has passed, and RAM never holds
-    the image.
-    """
-    def report(done: int, total: int) -> None:
-        progress.update(phase="convert", done=done, total=total)
-
-    progress.update(phase="convert", done=0, total=staging.virtual_size)
-    staged = writer.pad(4096)
-    result = nonraw.write_nonraw(device, staging.format, device, source_offset=staging.offset,
-                                 source_size=staged, progress=report,
-                                 cancel_check=cancel_check)
-    LOG.info("converted %s image: %s", staging.format, result)
-    return {**result, "staged_at": staging.offset, "staged_bytes": staged}
 
 
 def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
@@ -214,35 +204,19 @@ def write_image(state: AgentState, spec: image_info.ImageSpec, *, device: str,
     opened = reach_image(spec, state, session, cancel_check, progress)
     with _closed_on_error(opened.source):
         inspection = inspect_image(state, spec, opened, opened.source, device_size)
-        staging = None if inspection.format in formats.RAW_FAMILY else _staging(
-            device, device_size, inspection, opened)
-    report = stream_image(opened, device, expected, options=options, staging=staging,
+        place = None if inspection.format in formats.RAW_FAMILY else staging_mod.choose(
+            device, device_size, inspection, _file_size(opened),
+            staging_mod.memory_budget(cfg.image_staging_memory_mb))
+    report = stream_image(opened, device, expected, options=options, staging=place,
                           progress=progress, cancel_check=cancel_check)
     report.image_format = inspection.format
     LOG.info("image %s written to %s: %s", spec.id, device, report.as_dict())
     return report, device
 
 
-def _staging(device: str, device_size: int, inspection: formats.Inspection,
-             opened: OpenedImage) -> Staging:
-    """Non-raw images are staged in the disk's tail, beyond their own virtual size.
-
-    The image file is streamed (and hashed) there, so RAM never holds it and
-    qemu-img never reads a byte whose checksum has not passed.  Then qemu-img
-    writes the body, and the first MiB last, from that staging area onto the
-    front of the same disk.
-    """
-    vsize = inspection.virtual_size or 0
-    stage_at = -(-(vsize + MiB) // MiB) * MiB
-    room = device_size - stage_at
-    file_size = opened.source.total if opened.compression is None else None
-    if room <= 0 or (file_size is not None and file_size > room):
-        need = stage_at + (file_size or 0)
-        raise InvalidImage(
-            f"{device} ({device_size} bytes) is too small to stage this {inspection.format} "
-            f"image: it needs the virtual size ({vsize} bytes) plus the image file "
-            f"({file_size or 'unknown'} bytes), {need} bytes in all")
-    return Staging(format=inspection.format, virtual_size=vsize, offset=stage_at, room=room)
+def _file_size(opened: OpenedImage) -> int | None:
+    """The image file's size; unknown until the end for a compressed download."""
+    return opened.source.total if opened.compression is None else None
 
 
 def result_message(spec: image_info.ImageSpec, device: str, uuids: dict[str, Any]) -> str:
@@ -272,27 +246,55 @@ def _deploy_partition_image(state: AgentState, spec: image_info.ImageSpec, devic
     """Partition ``device``, stream the root image, restore the table, add the config drive.
 
     Everything that can be judged without the network is judged first, then
-    the network is reached, and only then is the disk touched.
+    the network is reached (and a non-raw root image that fits the memory
+    budget received and checksummed), and only then is the disk touched.
     """
+    cfg = state.config
+    tracker = progress or Progress()
     chosen = partition_deploy.plan(state, spec, device, data)
     expected = resolve_checksum(state, spec, session)
     opened = reach_image(spec, state, session, cancel_check, progress)
     with _closed_on_error(opened.source):
-        partition_deploy.check_raw(opened)
-    LOG.info("image %s reached; partitioning %s", spec.id, device)
-    # on any error inside this block the disk's first and last MiB are wiped
-    with contextlib.closing(opened.source), partition_deploy.PartitionedDisk(
-            device, chosen, progress) as disk:
-        report = stream_image(opened, disk.root, expected, options=options,
-                              progress=progress, cancel_check=cancel_check)
-        disk.restore_table()
-        steps: dict[str, Any] = {"write": report.as_dict(), "partitions": disk.layout}
-        if data is not None:
-            from agent.imaging import configdrive
-            steps["configdrive"] = configdrive.write_configdrive(
-                device, data, partition=disk.layout[partition_image.CONFIGDRIVE])
-        state.partition_uuids = partition_image.partition_uuids(disk.layout)
+        inspection = partition_deploy.check_root_image(
+            opened, chosen, declared=spec.disk_format, permitted=cfg.permitted_image_formats,
+            deep=not cfg.disable_deep_image_inspection)
+        place = None if inspection.format in formats.RAW_FAMILY else staging_mod.choose(
+            "the root partition", chosen.root_bytes, inspection, _file_size(opened),
+            staging_mod.memory_budget(cfg.image_staging_memory_mb))
+    with contextlib.ExitStack() as stack:
+        staged = None
+        if place is not None and place.where == staging_mod.MEMORY:
+            staged = stack.enter_context(staging_mod.stage_in_memory(
+                opened, place, device, expected, options, tracker, cancel_check))
+        LOG.info("image %s reached; partitioning %s", spec.id, device)
+        # on any error inside this block the disk's first and last MiB are wiped
+        with contextlib.closing(opened.source), partition_deploy.PartitionedDisk(
+                device, chosen, progress) as disk:
+            if staged is not None:
+                report = staging_mod.write_staged(staged[1], staged[0], disk.root, options,
+                                                  tracker, cancel_check)
+            else:
+                if place is not None:
+                    # the root's tail, judged again now that the partition exists
+                    place = staging_mod.choose(disk.root, _node_size(disk.root), inspection,
+                                               _file_size(opened), place.budget, memory=False)
+                report = stream_image(opened, disk.root, expected, options=options,
+                                      staging=place, progress=progress,
+                                      cancel_check=cancel_check)
+            report.image_format = inspection.format
+            disk.restore_table()
+            steps: dict[str, Any] = {"write": report.as_dict(), "partitions": disk.layout}
+            if data is not None:
+                from agent.imaging import configdrive
+                steps["configdrive"] = configdrive.write_configdrive(
+                    device, data, partition=disk.layout[partition_image.CONFIGDRIVE])
+            state.partition_uuids = partition_image.partition_uuids(disk.layout)
     return steps
+
+
+def _node_size(path: str) -> int:
+    with open(path, "rb") as f:
+        return os.lseek(f.fileno(), 0, os.SEEK_END)
 
 
 def _finish_whole_disk(state: AgentState, device: str, data: bytes | None

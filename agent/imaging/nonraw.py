@@ -1,10 +1,10 @@
 """Write a staged non-raw image (qcow2, vmdk, vhd, vhdx, vdi, qed) onto a disk.
 
-qemu-img needs random access to a non-raw image, so the image is staged first:
-in a file on a disk-backed filesystem, or in a byte range of a block device
-(for instance the tail of the target disk, beyond the image's virtual size).
-Memory stays bounded because qemu-img reads the staged copy and writes the
-device with O_DIRECT; it is never held in RAM.
+qemu-img needs random access to a non-raw image, so the image is staged first
+(staging.py chooses where): in an anonymous memfd, in a file, or in a byte
+range of a block device (for instance the tail of the target disk, beyond the
+image's virtual size).  qemu-img writes the device with O_DIRECT, so apart
+from a memory staging its memory stays bounded whatever the image's size.
 
 The disk becomes bootable only at the very end.  The caller has already
 cleared the partition tables; this module then

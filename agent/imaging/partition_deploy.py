@@ -5,18 +5,23 @@ Order:
 1. everything that can be judged without the network: sizes, the target, the
    layout against the disk's size, a preserved ephemeral partition;
 2. the network: the checksum is resolved and the image's first bytes are
-   received and inspected;
+   received and inspected; a non-raw root image (qcow2 etc.) must be
+   self-contained and its virtual size must fit the root partition, and when
+   its file fits the memory budget it is received into memory now and its
+   checksum checked, so a bad image never reaches step 3 (staging.py);
 3. only then the new partition table and the auxiliary filesystems;
 4. the table is taken off the disk again (its bytes kept in memory) while the
-   root image streams into the root partition, whose node the kernel keeps;
+   root image streams into the root partition, whose node the kernel keeps
+   (a non-raw image: qemu-img converts it there, from memory or from the
+   root partition's own tail beyond the virtual size);
 5. after the checksum passed and the root is on disk, the table goes back;
    then the config drive and the UUIDs.
 
 Any failure after step 3 wipes the first and last MiB of the disk, as the
 whole-disk path does; a kill during step 4 finds no partition table at all.
 ``deploy._deploy_partition_image`` writes this sequence out; this module holds
-its parts: ``plan`` (step 1), ``check_raw`` (step 2) and ``PartitionedDisk``
-(steps 3 to 5).
+its parts: ``plan`` (step 1), ``check_root_image`` (step 2) and
+``PartitionedDisk`` (steps 3 to 5).
 """
 
 from __future__ import annotations
@@ -99,12 +104,29 @@ def wipe_edges(device: str) -> str:
     return UNBOOTABLE.format(device=device)
 
 
-def check_raw(opened: OpenedImage) -> None:
-    """Partition images are written byte for byte: refuse anything else before a write."""
-    inspection = formats.inspect(opened.read_at)
-    if inspection.format not in formats.RAW_FAMILY:
-        raise InvalidImage(f"the partition image is {inspection.format}; partition images "
-                           "must be raw (optionally compressed)")
+def check_root_image(opened: OpenedImage, chosen: Plan, *, declared: str | None,
+                     permitted: list[str], deep: bool) -> formats.Inspection:
+    """Step 2: what the root image is; a non-raw one must be safe and fit the root.
+
+    Raw images are written byte for byte as before; anything qemu-img must
+    convert passes the same checks as a whole-disk image (formats.py), and
+    its virtual size is judged against the root partition before any write.
+    """
+    size = opened.source.total if opened.compression is None else None
+    inspection = formats.inspect(opened.read_at, size)
+    if inspection.format in formats.RAW_FAMILY:
+        return inspection
+    if deep:
+        formats.check(inspection, declared_format=declared, permitted_formats=permitted)
+    else:
+        LOG.warning("deep image inspection is disabled by the controller; the partition "
+                    "image was detected as %s", inspection.format)
+    vsize = inspection.virtual_size
+    if vsize is not None and vsize > chosen.root_bytes:
+        raise InvalidImage(f"the {inspection.format} partition image's virtual size ({vsize} "
+                           f"bytes) is larger than the root partition ({chosen.root_bytes} "
+                           "bytes)")
+    return inspection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +142,8 @@ class Plan:
     configdrive_size: int
     ephemeral_format: str | None
     preserve_ephemeral: bool
+    # the root partition's size; with root_mb 0 (the rest of the disk) an upper bound
+    root_bytes: int = 0
 
 
 def plan(state: AgentState, spec: image_info.ImageSpec, device: str,
@@ -141,11 +165,13 @@ def plan(state: AgentState, spec: image_info.ImageSpec, device: str,
         root_mb=chosen.root_mb, swap_mb=chosen.swap_mb, ephemeral_mb=chosen.ephemeral_mb,
         boot_mode=chosen.boot_mode, disk_label=chosen.disk_label, cpu_arch=chosen.cpu_arch,
         configdrive_size=chosen.configdrive_size)
-    blockdev.check_target(device, allow_loop=state.config.include_loop_devices)
+    disk_size = blockdev.check_target(device, allow_loop=state.config.include_loop_devices)
     partition_edit.check_fits(device, label, specs)
     if chosen.preserve_ephemeral and chosen.ephemeral_mb:
         partition_image.check_preservable(device, label, specs)
-    return chosen
+    root = chosen.root_mb * MiB or disk_size - MiB - sum(
+        s.size_bytes for s in specs if s.key != partition_image.ROOT)
+    return dataclasses.replace(chosen, root_bytes=root)
 
 
 def refuse_md(device: str) -> None:

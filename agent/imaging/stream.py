@@ -5,7 +5,8 @@
       → hash (of the bytes as served, which is what the checksum covers)
       → decompress (sniffed by magic)  agent/imaging/decompress.py
       → writer (head held back, zero runs punched)  agent/imaging/writer.py
-        or → stage → qemu-img          agent/imaging/nonraw.py
+        or → stage (memory or the disk's tail)      agent/imaging/staging.py
+             → qemu-img                             agent/imaging/nonraw.py
       → head → verify                  agent/imaging/verify.py
 
 This module runs the stages up to the writer and checks the checksum;
@@ -30,14 +31,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from agent.errors import ImageChecksumError, InvalidImage
 from agent.imaging import decompress, head, plumbing
 from agent.imaging.checksum import Expected
 from agent.imaging.head import OpenedImage
 from agent.imaging.source import HTTPSource, RestartFromZero
-from agent.imaging.writer import DeviceWriter
 from agent.progress import Progress
 
 LOG = logging.getLogger(__name__)
@@ -48,6 +48,21 @@ STALL_S = 120.0
 # 1 MiB buffers keep both busy (measured) at a quarter of the input's memory
 OUT_BUFFERS = 2
 OUT_BUFFER_SIZE = 1 << 20
+
+
+class Sink(Protocol):
+    """Where the stream's bytes go: a ``writer.DeviceWriter`` or a ``staging.MemoryStage``."""
+
+    device: str
+    position: int
+    direct: bool
+    zero_skip: bool
+    zero_path: str
+    bytes_zeroed: int
+
+    def write(self, data: memoryview) -> None: ...
+    def rewind(self) -> None: ...
+    def finish_body(self) -> None: ...
 
 
 @dataclasses.dataclass
@@ -90,7 +105,7 @@ class StreamReport:
 class _Attempt:
     """One pass over the image from byte 0; a server restart starts a new one."""
 
-    def __init__(self, source: HTTPSource, writer: DeviceWriter, expected: Expected,
+    def __init__(self, source: HTTPSource, writer: Sink, expected: Expected,
                  opened: OpenedImage) -> None:
         self.source = source
         self.writer = writer
@@ -199,7 +214,7 @@ class _PipeReader:
         return b""
 
 
-def stream_body(opened: OpenedImage, writer: DeviceWriter, expected: Expected, *,
+def stream_body(opened: OpenedImage, writer: Sink, expected: Expected, *,
                 progress: Progress | None = None,
                 cancel_check: Callable[[], None] = lambda: None,
                 checksum_retries: int = 1) -> StreamReport:
@@ -266,7 +281,7 @@ class StallWatch:
     warned: bool = False
 
 
-def _report(progress: Progress, source: HTTPSource, attempt: _Attempt, writer: DeviceWriter,
+def _report(progress: Progress, source: HTTPSource, attempt: _Attempt, writer: Sink,
             watch: StallWatch, force: bool = False) -> None:
     progress.update(done=source.received, total=source.total,
                     bytes_received=source.received, bytes_written=writer.position,

@@ -47,6 +47,8 @@ class DeviceWriter:
         self.base = base             # device offset of image byte 0 (staging areas)
         self.head_size = HEAD if hold_head else 0
         self.limit = limit
+        # appended when the image outgrows ``limit`` (why there was no bigger place)
+        self.limit_reason = ""
         self.direct = direct
         self.zero_skip = zero_skip
         self.position = 0            # bytes of image consumed
@@ -84,7 +86,8 @@ class DeviceWriter:
         room = self.size - self.base if self.limit is None else self.limit
         if start + len(data) > room:
             raise ImageWriteError(f"the image is larger than the {room} bytes available on "
-                                  f"{self.device}; write stopped at byte {start}")
+                                  f"{self.device}; write stopped at byte {start}"
+                                  + (f"; {self.limit_reason}" if self.limit_reason else ""))
         self._write_body(self.base + start, data)
 
     def pad(self, alignment: int) -> int:

@@ -75,9 +75,10 @@ class ControllerClient:
                  request_id: str | None = None, pinned_version: str | None = None,
                  session: requests.Session | None = None, cafile: str | None = None,
                  certfile: str | None = None, keyfile: str | None = None) -> None:
+        # agent.ironic.mdns replaces "mdns" at start; one left here was never resolved
         self.urls = [u for u in urls if u != "mdns"]
         if len(self.urls) != len(urls):
-            LOG.warning("ipa-api-url=mdns is not supported; ignoring it")
+            LOG.warning("ipa-api-url entry 'mdns' was not resolved through mDNS; ignoring it")
         self.timeout = timeout
         self.request_id = request_id
         self.pinned = parse_version(pinned_version) if pinned_version else None

@@ -15,8 +15,8 @@ AGENT = pathlib.Path(__file__).resolve().parents[2] / "agent"
 
 FLOORS = {
     # floor 0: settings, errors, the tool runner and other leaves
-    "agent": 0, "agent.config": 0, "agent.errors": 0, "agent.tools": 0, "agent.tls": 0,
-    "agent.progress": 0, "agent.agentlog": 0,
+    "agent": 0, "agent.config": 0, "agent.config_parse": 0, "agent.errors": 0,
+    "agent.tools": 0, "agent.tls": 0, "agent.progress": 0, "agent.agentlog": 0,
     # floor 1: block devices, and what every command is handed
     "agent.disk": 1, "agent.context": 1, "agent.state": 1,
     # floor 2: the runner, and the two domains below the command surface
