@@ -21,8 +21,9 @@ from vm import cache
 KERNEL = "deploy-agent.kernel"
 INITRAMFS = "deploy-agent.initramfs"
 SUMS = "deploy-agent.sha256"
-INPUTS = ("agent", "elements", "tools/build-ramdisk", "tools/assemble-ppc64el", "setup.cfg",
-          "setup.py", "pyproject.toml", "requirements.txt")
+INPUTS = ("agent", "elements", "tools/build-ramdisk", "tools/assemble-ppc64el",
+          "tools/build-burnin-tools", "setup.cfg", "setup.py", "pyproject.toml",
+          "requirements.txt")
 # builders, tried in order; the second one needs no foreign-architecture chroot
 BUILDERS = {"amd64": ("tools/build-ramdisk",),
             "ppc64el": ("tools/build-ramdisk", "tools/assemble-ppc64el")}

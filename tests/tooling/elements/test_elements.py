@@ -8,6 +8,7 @@ agent/tools.py.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 import os
 import re
@@ -31,6 +32,8 @@ PHASES = ("root.d", "extra-data.d", "pre-install.d", "install.d", "post-install.
 PARAMS = {"arch", "not-arch", "uninstall", "build-only", "phase", "when", "installtype",
           "dib_python_version"}
 STATIC = os.path.join(ELEMENTS, "deploy-agent", "static")
+BURNIN_HOOKS = ("extra-data.d/55-deploy-agent-burnin-tools",
+                "install.d/65-deploy-agent-burnin-tools")
 
 
 build_ramdisk = load_script("build_ramdisk_for_elements", "tools", "build-ramdisk")
@@ -174,12 +177,28 @@ def test_every_agent_tool_is_installed_or_explicitly_excluded(arch):
         assert name in entries, (f"{name} from agent/tools.py is not in package-installs.yaml; "
                                  "run tools/build-ramdisk --sync-tool-packages")
         entry = entries[name] or {}
-        if arch in tool.arches:
+        if name in build_ramdisk.BUILT_TOOLS and arch in tool.arches:
+            # the slim build goes in through the element's own hooks; Debian's
+            # package (ceph, glusterfs, ICU, EGL/mesa, IPSec_MB) must stay out
+            assert not _for_arch(entry, arch), f"{name}: Debian's {tool.package} on {arch}"
+            assert tool.package not in installed, f"{name}: Debian's {tool.package} on {arch}"
+            for hook in BURNIN_HOOKS:
+                assert os.access(os.path.join(ELEMENTS, "deploy-agent", hook), os.X_OK), hook
+        elif arch in tool.arches:
             assert tool.package in installed, f"{name} ({tool.package}) missing on {arch}"
             assert _for_arch(entry, arch)
         else:
             assert ("arch" in entry or "not-arch" in entry) and not _for_arch(entry, arch), \
                 f"{name} is not for {arch} but the lists do not exclude it explicitly"
+
+
+def test_a_slim_tool_switched_on_keeps_debians_package_out():
+    fio = dataclasses.replace(TOOLS["fio"], arches=tuple(ARCHES))
+    block = build_ramdisk.tool_block({"fio": fio}).splitlines()
+    assert block[1:4] == ["# fio: built by tools/build-burnin-tools on amd64,ppc64el, "
+                          "never Debian's package", "fio:", "  not-arch: amd64,ppc64el"]
+    for hook in BURNIN_HOOKS:
+        assert os.access(os.path.join(ELEMENTS, "deploy-agent", hook), os.X_OK), hook
 
 
 def test_tool_block_is_what_the_sync_writes():
