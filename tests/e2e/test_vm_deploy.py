@@ -23,7 +23,8 @@ TIMEOUT_S = 1500
 
 # CI sets this: there, a case that cannot run is a failure, not a skip
 REQUIRED = os.environ.get("VM_DEPLOY_REQUIRED") == "1"
-# the slower tier CI does not run (RAID over UEFI, RAID-5): VM_DEPLOY_SLOW=1 tox -e e2e
+# the slower tier CI does not run (RAID over UEFI, RAID-5, the UEFI partition image):
+# VM_DEPLOY_SLOW=1 tox -e e2e
 SLOW = os.environ.get("VM_DEPLOY_SLOW") == "1"
 slow_tier = pytest.mark.skipif(not SLOW, reason="slow e2e tier: set VM_DEPLOY_SLOW=1")
 
@@ -130,6 +131,22 @@ def test_raid_slow_tier(tmp_path, level, firmware, members):
     if firmware == "uefi":
         # one NVRAM entry per member: the firmware found one on a disk that is left
         assert "firmware started Boot" in out
+
+
+@slow_tier
+def test_uefi_partition_image_boots_through_the_esp_the_agent_filled(tmp_path):
+    """enable_bios_bootloader_install from the lookup: the image's /boot/efi onto the new ESP."""
+    code, result, out = vm_deploy(tmp_path, "--partition-image", "--firmware", "uefi")
+    assert code == 0, result.get("error")
+    assert result["ok"] and result["partition_image"] and result["firmware"] == "uefi"
+    assert {"partition image", "boot to API", "deploy", "reboot to marker",
+            "deployed disk read back"} <= set(result["timings"])
+    assert "bootloader installed (partition image)" in out
+    # an NVRAM entry install_bootloader wrote started the image's grub, not EFI/BOOT
+    assert "firmware started Boot" in out
+    # the agent added the removable loader and the fstab line for the new ESP
+    assert "holds EFI/debian/grubx64.efi and EFI/BOOT/BOOTX64.EFI" in out
+    assert "/boot/efi vfat" in out
 
 
 def test_ppc64le_ramdisk_answers_get_hardware_info(tmp_path):

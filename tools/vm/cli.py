@@ -13,7 +13,8 @@ exit status: 0 when the run proved its point (the deployed OS booted; for
 --negative, the deploy failed clearly and the disk did not boot; for --raid,
 the array was made, deployed onto and booted whole and without each member in
 turn; for --arch ppc64el, the agent answered poll.get_hardware_info; for
---ironic, the whole lifecycle passed), 1 when it did not, 2 on
+--ironic, the whole lifecycle passed; for --partition-image, the partition
+image booted through the ESP the agent filled), 1 when it did not, 2 on
 bad usage or a missing prerequisite.  Artifacts are cached in .cache/vm/
 (VM_DEPLOY_CACHE overrides), each run's logs in .cache/vm/runs/."""
 
@@ -35,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "raid.create_configuration clean step makes the array, the ramdisk "
                         "reboots, the test OS is deployed onto it and booted, then booted "
                         "again without each member in turn")
+    p.add_argument("--partition-image", action="store_true",
+                   help="with --firmware uefi: deploy the test OS's root filesystem as a "
+                        "partition image (its /boot/efi holds its grub) with the controller's "
+                        "enable_bios_bootloader_install on; the agent fills the empty ESP and "
+                        "writes NVRAM entries, then the disk is booted")
     p.add_argument("--ironic", action="store_true",
                    help="instead of the stand-in controller, a real Ironic (.venv-ironic; "
                         "tools/dev-setup --ironic) drives the VM through IPMI (ipmi_sim) and "
@@ -70,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "--firmware uefi")
     if args.raid and (args.negative or args.arch != "amd64"):
         p.error("--raid runs on amd64 and proves a working deploy: no --negative or --arch")
+    if args.partition_image and (args.firmware != "uefi" or args.negative or args.raid
+                                 or args.ironic or args.arch != "amd64"):
+        p.error("--partition-image runs with --firmware uefi on amd64 only: no --negative, "
+                "--raid or --ironic")
     return args
 
 
@@ -79,7 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VM_DEPLOY_CACHE"] = os.path.abspath(args.cache_dir)
     from realironic.server import IronicMissing
 
-    from vm import bmc, flow, ironicflow, ironicraid, ppc, qemu, raidflow, ramdisk, runbase, testos
+    from vm import (
+        bmc,
+        flow,
+        ironicflow,
+        ironicraid,
+        partflow,
+        ppc,
+        qemu,
+        raidflow,
+        ramdisk,
+        runbase,
+        testos,
+    )
 
     # IronicOptions is flow.Options plus the --ironic switches, for every kind of run
     opts = ironicflow.IronicOptions(
@@ -100,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             run = ppc.SmokeRun(opts, sup)
         elif args.raid:
             run = raidflow.RaidRun(opts, sup)
+        elif args.partition_image:
+            run = partflow.PartitionRun(opts, sup)
         else:
             run = flow.DeployRun(opts, sup)
         try:

@@ -56,6 +56,10 @@ GRUB_TARGETS = {"x64": "x86_64-efi", "ia32": "i386-efi", "aa64": "arm64-efi", "a
 IMAGE_ESP = "/boot/efi"
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
 COPY_TIMEOUT = 300.0
+# The ramdisk's root is a tmpfs that its own unpacked files nearly fill (at the
+# 1 GiB RAM budget a few hundred KiB are left), so /tmp there cannot hold an
+# ESP's files; /run and /dev/shm are tmpfs mounts with room of their own
+SCRATCH_DIRS = ("/run", "/dev/shm")
 
 EspMounter = Callable[[str, str], contextlib.AbstractContextManager[object]]
 
@@ -102,7 +106,7 @@ def install(disk: str, root_device: str, efi_system_part_uuid: str | None, *,
              esp.node, esp.number, root_device)
     result = EspOutcome(esp=esp.node, partition=esp.number)
     with chroot.image_root(root_device) as root, \
-            tempfile.TemporaryDirectory(prefix="deploy-agent-esp-") as stage:
+            tempfile.TemporaryDirectory(prefix="deploy-agent-esp-", dir=scratch_dir()) as stage:
         grub = grub_bios.image_grub(root)
         result.skipped = stage_image_esp(root, stage, limit=_device_size(esp.node))
         if loaders.scan(stage, arch).loaders:
@@ -143,6 +147,7 @@ def stage_image_esp(root: str, stage: str, *, limit: int) -> list[str]:
     skipped: list[str] = []
     if not os.path.isdir(source) or os.path.islink(source):
         return skipped
+    room = free_bytes(stage)
     total = 0
     for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
         rel_dir = os.path.relpath(dirpath, source)
@@ -163,6 +168,11 @@ def stage_image_esp(root: str, stage: str, *, limit: int) -> list[str]:
             if limit and total > limit:
                 raise InvalidImage(f"the image's {IMAGE_ESP} holds more than the "
                                    f"{limit // (1 << 20)} MiB EFI system partition can take")
+            if room is not None and total > room:
+                raise CommandExecutionError(
+                    f"the image's {IMAGE_ESP} holds more than the {room // (1 << 20)} MiB "
+                    f"free in {os.path.dirname(stage)} to stage it in; give the node more "
+                    "RAM or carry the EFI files in a whole-disk image")
             os.makedirs(os.path.join(stage, *parts), exist_ok=True)
             shutil.copyfile(path, os.path.join(stage, *parts, name))
     for rel in skipped:
@@ -258,10 +268,26 @@ def add_fstab_entry(root: str, esp_uuid: str) -> str:
     return "added"
 
 
+def free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still use on ``path``'s filesystem; None if unknown."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def scratch_dir() -> str:
+    """The writable temporary directory with the most free space, for ESP files."""
+    found = [(free_bytes(d) or 0, d) for d in (tempfile.gettempdir(), *SCRATCH_DIRS)
+             if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)]
+    return max(found)[1] if found else tempfile.gettempdir()
+
+
 @contextlib.contextmanager
 def read_back(node: str) -> Iterator[str]:
     """The ESP's files, copied out with mtools (no mount, works without a vfat driver)."""
-    with tempfile.TemporaryDirectory(prefix="deploy-agent-esp-") as tree:
+    with tempfile.TemporaryDirectory(prefix="deploy-agent-esp-", dir=scratch_dir()) as tree:
         raid_uefi.extract(node, tree)
         yield tree
 

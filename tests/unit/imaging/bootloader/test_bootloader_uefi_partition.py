@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from agent.errors import InvalidImage
+from agent.errors import CommandExecutionError, InvalidImage
 from agent.imaging.bootloader import grub_bios, loaders, uefi_partition
 
 
@@ -96,6 +96,32 @@ def test_staging_copies_regular_files_only_and_refuses_more_than_the_esp_holds(t
     assert os.listdir(os.path.join(stage, "EFI/debian")) == ["grubx64.efi"]
     with pytest.raises(InvalidImage, match="more than the 0 MiB EFI system partition"):
         uefi_partition.stage_image_esp(root, str(tmp_path / "stage2"), limit=99)
+
+
+def test_esp_files_are_staged_on_the_temporary_filesystem_with_the_most_room(monkeypatch,
+                                                                           tmp_path):
+    # in the ramdisk /tmp is the root tmpfs its unpacked files nearly fill; /run has room
+    full, roomy = str(tmp_path / "tmp"), str(tmp_path / "run")
+    os.mkdir(full)
+    os.mkdir(roomy)
+    monkeypatch.setattr(uefi_partition.tempfile, "gettempdir", lambda: full)
+    monkeypatch.setattr(uefi_partition, "SCRATCH_DIRS", (str(tmp_path / "absent"), roomy))
+    free = {full: 80 << 10, roomy: 180 << 20}
+    monkeypatch.setattr(uefi_partition, "free_bytes", lambda path: free.get(path))
+    assert uefi_partition.scratch_dir() == roomy
+    free[full] = 1 << 30
+    assert uefi_partition.scratch_dir() == full
+
+
+def test_staging_more_than_the_scratch_space_holds_is_refused_clearly(monkeypatch, tmp_path):
+    root = tree(tmp_path / "root", {"boot/efi/EFI/debian/grubx64.efi": b"g" * 100})
+    stage = str(tmp_path / "stage")
+    os.mkdir(stage)
+    monkeypatch.setattr(uefi_partition, "free_bytes", lambda path: 99)
+    with pytest.raises(CommandExecutionError, match=r"more than the 0 MiB free in .* to stage"):
+        uefi_partition.stage_image_esp(root, stage, limit=1000)
+    monkeypatch.setattr(uefi_partition, "free_bytes", lambda path: None)   # unknown: try
+    assert uefi_partition.stage_image_esp(root, stage, limit=1000) == []
 
 
 def test_an_image_esp_that_is_a_link_out_of_the_image_stays_inside_it(tmp_path):
