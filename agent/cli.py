@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from typing import Any
 
 from agent import __version__, agentlog, config, tools
@@ -172,7 +173,27 @@ def _assemble_md_arrays(cfg: config.Config) -> None:
         LOG.warning("could not assemble md arrays at start: %s", exc)
 
 
+# requests imports one of these at import time, only to guess the charset of a
+# text body that names none; the detector costs ~2.5 MiB resident for good
+CHARSET_DETECTORS = ("charset_normalizer", "chardet")
+
+
+def lean_imports() -> None:
+    """Keep the long-lived agent process from loading what it never uses.
+
+    The agent reads JSON (requests finds its UTF encoding without a detector)
+    and bytes from every server it talks to; ``Response.text`` on an undeclared charset then falls
+    back to UTF-8 with replacement, which is all an error message needs.
+    """
+    for name in CHARSET_DETECTORS:
+        if name not in sys.modules:
+            # None: "import" raises ImportError, the documented way to block a module
+            sys.modules[name] = None  # type: ignore[assignment]
+    warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    lean_imports()
     flags = {k: getattr(args, k) for k in (
         "listen_host", "listen_port", "standalone", "agent_token", "tls_cert_file",
         "tls_key_file", "auto_tls", "ramdisk", "include_loop_devices", "debug", "log_file")}

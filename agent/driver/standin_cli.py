@@ -7,8 +7,6 @@ import json
 import time
 from typing import Any
 
-from agent.driver.standin import StandinController
-
 
 def _load_spec(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
@@ -36,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # add_parser runs in every `deploy-agent` process, the agent's too: the
+    # controller (a Flask app of its own, requests) loads only for this command
+    from agent.driver.standin import StandinController
+
     config: dict[str, Any] = {}
     if args.config_json:
         with open(args.config_json, encoding="utf-8") as f:

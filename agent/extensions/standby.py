@@ -9,7 +9,7 @@ from agent.commands import CommandContext, command
 from agent.errors import InvalidCommandParamsError
 from agent.extensions import Extension
 from agent.hardware import power
-from agent.imaging import deploy, image_info
+from agent.imaging import image_info
 from agent.imaging.steps import configdrive_for, flag, shaped
 
 LOG = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ class StandbyExtension(Extension):
     def run_prepare(self, ctx: CommandContext, spec: Any, configdrive: Any = None,
                     force: bool = False, verify_after_write: bool = False,
                     write_configdrive: bool = True) -> dict[str, Any]:
+        # the image path (requests, decompressors, disk code) loads with the first write
+        from agent.imaging import deploy
+
         outcome = deploy.prepare(self.state, spec, configdrive, progress=ctx.progress,
                                  cancel_check=ctx.check_cancelled, force=force,
                                  verify_after_write=verify_after_write,

@@ -14,8 +14,6 @@ import mmap
 import os
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from agent import tools
 from agent.disk import sysfs
 from agent.errors import AgentError
@@ -86,6 +84,8 @@ def discard(disk: Disk, progress: Progress) -> str:
 
 
 def _keystream() -> Callable[[int], bytes]:
+    # cryptography's native module costs ~6 MiB of RSS: only an erase pays for it
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     encryptor = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
     zeros = bytes(CHUNK)
     return lambda n: encryptor.update(zeros[:n])

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.context import CommandContext
 from agent.errors import CleaningError, DeploymentError
-from agent.hardware import burnin, disks, erase, hints, managers, pstore
+from agent.hardware import burnin, disks, hints, managers, pstore
 from agent.hardware.erase_base import EraseOptions, options_from_node
 from agent.hardware.raid import steps as raid_steps
 
@@ -75,6 +75,8 @@ class GenericHardwareManager(managers.HardwareManager):
 
     def erase_devices_metadata(self, node: Any, ports: Any,
                                ctx: CommandContext | None = None) -> dict[str, Any]:
+        from agent.hardware import erase  # loaded by the erase steps, not by their listing
+
         options = self._options(node)
         return erase.erase_devices_metadata(
             managers.list_disks(self.state), node, options, ctx,
@@ -82,6 +84,8 @@ class GenericHardwareManager(managers.HardwareManager):
 
     def erase_devices(self, node: Any, ports: Any,
                       ctx: CommandContext | None = None) -> dict[str, Any]:
+        from agent.hardware import erase
+
         options = self._options(node)
         return erase.erase_devices(
             managers.list_disks(self.state), node, options, ctx,
@@ -89,6 +93,8 @@ class GenericHardwareManager(managers.HardwareManager):
 
     def erase_devices_express(self, node: Any, ports: Any,
                               ctx: CommandContext | None = None) -> dict[str, Any]:
+        from agent.hardware import erase
+
         options = self._options(node)
         return erase.erase_devices_express(
             managers.list_disks(self.state), node, options, ctx,

@@ -32,21 +32,14 @@ from agent.context import CommandContext
 from agent.errors import Cancelled, DeploymentError, DeviceNotFound, ImageDownloadError
 from agent.hardware.disks import Disk
 from agent.imaging import httpget, inject_spec, inject_tree
-from agent.imaging.inject_spec import FileEntry
+from agent.imaging.inject_spec import ARGSINFO, STEP_NAME, FileEntry
 from agent.imaging.inject_targets import MOUNTED_FS, WRITABLE_FS, Target, disk_targets, resolve
 from agent.imaging.inject_vfat import VfatTree
 
 LOG = logging.getLogger(__name__)
 
-STEP_NAME = "inject_files"
+__all__ = ["ARGSINFO", "STEP_NAME", "run"]
 STEP_PRIORITY_SETTING = "inject_files_priority"      # ipa-inject-files-priority, default 0
-ARGSINFO = {
-    "files": {"description": "files to inject: a list of {path, partition, content (base64 "
-                             "or URL), deleted, mode, dirmode, owner, group}; applied after "
-                             "node.properties.inject_files", "required": False},
-    "verify_ca": {"description": "verify TLS when fetching URL contents: a boolean or the "
-                                 "path of a CA bundle", "required": False},
-}
 MAX_URL_BYTES = 64 << 20        # one fetched file, held in memory until written
 URL_TIMEOUT = 60.0
 

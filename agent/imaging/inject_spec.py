@@ -24,6 +24,15 @@ from typing import Any
 from agent.config import parse_bool
 from agent.errors import InvalidCommandParamsError
 
+# the step as listed; here, not in inject_files, so listing it loads no fetch or mount code
+STEP_NAME = "inject_files"
+ARGSINFO = {
+    "files": {"description": "files to inject: a list of {path, partition, content (base64 "
+                             "or URL), deleted, mode, dirmode, owner, group}; applied after "
+                             "node.properties.inject_files", "required": False},
+    "verify_ca": {"description": "verify TLS when fetching URL contents: a boolean or the "
+                                 "path of a CA bundle", "required": False},
+}
 FIELDS = ("path", "partition", "content", "deleted", "mode", "dirmode", "owner", "group")
 HINT_KEYS = ("number", "name", "uuid", "partuuid", "label", "partlabel", "fstype")
 MAX_PATH = 4096

@@ -17,8 +17,8 @@ from agent.config import parse_bool
 from agent.context import CommandContext
 from agent.errors import InvalidCommandParamsError
 from agent.hardware import managers
-from agent.imaging import deploy, inject_files
 from agent.imaging import image_info as image_info_mod
+from agent.imaging import inject_spec
 from agent.imaging.bootloader import nvram_clean
 from agent.imaging.image_info import ImageSpec
 
@@ -62,8 +62,8 @@ class ImageDeployManager(managers.HardwareManager):
             "configdrive": {"description": "config drive: gzip+base64 ISO, URL or JSON",
                             "required": False}}),
             # ipa-inject-files-priority: 0 keeps it out of a deploy unless a template asks
-            _step(inject_files.STEP_NAME, self.config.inject_files_priority,
-                  argsinfo=inject_files.ARGSINFO),
+            _step(inject_spec.STEP_NAME, self.config.inject_files_priority,
+                  argsinfo=inject_spec.ARGSINFO),
             dict(nvram_clean.DEPLOY_STEP)]
 
     def get_service_steps(self, node: Any, ports: Any) -> list[dict[str, Any]]:
@@ -81,6 +81,8 @@ class ImageDeployManager(managers.HardwareManager):
                      ctx: CommandContext | None = None) -> dict[str, Any]:
         """IPA's inject_files: ``properties.inject_files`` + ``files`` onto the install disk."""
         from agent.hardware import find_install_disk
+        from agent.imaging import inject_files
+
         disk, _ = find_install_disk(self.state, ctx)
         if self.config.insecure and verify_ca is True:
             verify_ca = False     # ipa-insecure covers every outbound HTTPS, as in IPA
@@ -90,6 +92,9 @@ class ImageDeployManager(managers.HardwareManager):
                     configdrive: Any = None, ctx: CommandContext | None = None,
                     **extra: Any) -> dict[str, Any]:
         """Ironic 39's write_image: prepare_image run inside the step, not recorded."""
+        # the image path (requests, decompressors, disk code) loads with the first write
+        from agent.imaging import deploy
+
         spec = image_info_mod.validate(image_info, md5_allowed=self.config.md5_enabled)
         outcome = deploy.prepare(
             self.state, spec, configdrive_for(spec, configdrive),

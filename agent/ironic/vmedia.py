@@ -34,7 +34,6 @@ from typing import Any
 from agent import config, tools
 from agent.disk import vmedia as media
 from agent.errors import AgentError
-from agent.imaging import configdrive_build
 
 LOG = logging.getLogger(__name__)
 
@@ -214,6 +213,7 @@ def _read_iso(device: str, found: VmediaConfig) -> dict[str, bytes] | None:
 
 
 def _iso_files(iso: Any, found: VmediaConfig, device: str) -> dict[str, bytes]:
+    from agent.imaging import configdrive_build  # pycdlib: only a vmedia boot pays for it
     facade = configdrive_build.name_kind(iso)
     files: dict[str, bytes] = {}
     wanted_in = {"": PARAMS_FILE, "openstack/latest": "network_data.json"}

@@ -33,7 +33,6 @@ from agent.errors import (
     ServicingError,
 )
 from agent.hardware.disks import Disk
-from agent.hardware.raid import apply, config, pool, teardown
 
 CREATE_ARGSINFO = {
     "create_root_volume": {
@@ -124,6 +123,8 @@ def target_config(node: Any, create_root_volume: Any = True,
 
 
 def _software_only(raid_config: Any) -> None:
+    from agent.hardware.raid import config
+
     if not config.software_requested(raid_config):
         raise InvalidCommandParamsError(
             "no logical disk asks for controller \"software\"; this agent builds software "
@@ -133,6 +134,9 @@ def _software_only(raid_config: Any) -> None:
 def create(disks: Sequence[Disk], node: Any, raid_config: Any, ctx: CommandContext | None, *,
            delete_existing: bool, guard_shared: bool, error_cls: type[AgentError]
            ) -> dict[str, Any]:
+    # the RAID machinery loads when a RAID step runs, not when steps are listed
+    from agent.hardware.raid import apply
+
     _software_only(raid_config)
     prepared = apply.prepare(disks, node, raid_config, delete_existing=delete_existing,
                              guard_shared=guard_shared)
@@ -141,6 +145,8 @@ def create(disks: Sequence[Disk], node: Any, raid_config: Any, ctx: CommandConte
 
 def delete(disks: Sequence[Disk], node: Any, ctx: CommandContext | None, *,
            guard_shared: bool, error_cls: type[AgentError]) -> dict[str, Any]:
+    from agent.hardware.raid import pool, teardown
+
     found = pool.build(disks, node, with_members=True)
     plan = teardown.prepare(found, guard_shared=guard_shared)
     return teardown.run(plan, ctx, error_cls=error_cls)

@@ -11,6 +11,25 @@ every member) or ``raid_uefi`` (mirrored ESP on every member, NVRAM entry per
 member) makes each of them bootable.
 """
 
-from agent.imaging.bootloader.install import CVE_MESSAGE, Outcome, Request, install_bootloader
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.imaging.bootloader.install import (
+        CVE_MESSAGE,
+        Outcome,
+        Request,
+        install_bootloader,
+    )
 
 __all__ = ["CVE_MESSAGE", "Outcome", "Request", "install_bootloader"]
+
+
+def __getattr__(name: str) -> Any:
+    # loaded on first use: listing the clean_uefi_nvram step imports this package,
+    # and an agent that never installs a bootloader need not hold the installer
+    if name in __all__:
+        from agent.imaging.bootloader import install
+        return getattr(install, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
