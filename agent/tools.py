@@ -35,7 +35,7 @@ class Tool:
 
 
 TOOLS: dict[str, Tool] = {t.name: t for t in [
-    Tool("sgdisk", "gdisk", "GPT edits: relocate backup header, add config partition"),
+    Tool("sgdisk", "gdisk", "software RAID partitions: members, BIOS boot, teardown"),
     Tool("sfdisk", "fdisk", "MBR edits and partition-image layouts"),
     Tool("qemu-img", "qemu-utils", "convert qcow2/vmdk/vhd(x)/vdi images"),
     Tool("blkid", "util-linux", "filesystem labels and UUIDs"),
@@ -81,11 +81,9 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     # burn-in steps only (burnin_cpu/memory, burnin_disk/network).  Never Debian's packages
     # in the ramdisk (fio links ceph, glusterfs, RDMA and ICU; stress-ng drags EGL/mesa and
     # IPSec_MB): tools/build-burnin-tools builds a slim fio (1.6 MiB, +0.37 MB compressed)
-    # and bundles stress-ng (10.6 MiB, +3 MB) for the arches listed here.  Both are empty
-    # for now: the amd64 initramfs sits at the size where it stops unpacking in 1 GiB under
-    # OVMF (89.3 MiB boots, 89.8 MiB with fio does not); burnin_* say the tool is missing
-    Tool("stress-ng", "stress-ng", "CPU and memory burn-in", required=False, arches=()),
-    Tool("fio", "fio", "disk and network burn-in", required=False, arches=()),
+    # and bundles stress-ng (10.6 MiB, +3 MB) for the arches listed here
+    Tool("stress-ng", "stress-ng", "CPU and memory burn-in", required=False),
+    Tool("fio", "fio", "disk and network burn-in", required=False),
     Tool("useradd", "passwd", "create the rescue user (rescue.finalize_rescue)", required=False),
     Tool("usermod", "passwd", "set the rescue user's password hash", required=False),
 ]}

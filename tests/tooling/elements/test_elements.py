@@ -39,6 +39,8 @@ BURNIN_HOOKS = ("extra-data.d/55-deploy-agent-burnin-tools",
 build_ramdisk = load_script("build_ramdisk_for_elements", "tools", "build-ramdisk")
 modules = load_script("ramdisk_modules", "elements", "deploy-agent-ramdisk", "post-install.d",
                       "98-deploy-agent-ramdisk-modules")
+prune_files = load_script("ramdisk_prune", "elements", "deploy-agent-ramdisk", "post-install.d",
+                          "97-deploy-agent-ramdisk-prune")
 wheelhouse = load_script("deploy_agent_wheelhouse", "elements", "deploy-agent", "extra-data.d",
                          "deploy-agent-lib", "wheelhouse.py")
 
@@ -147,14 +149,22 @@ def test_hook_scripts_run_under_dib_run_parts(path):
         subprocess.run(["bash", "-n", path], check=True)
 
 
-def test_environment_files_are_valid_bash():
-    directory = os.path.join(ELEMENTS, "deploy-agent", "environment.d")
+@pytest.mark.parametrize("element", ["deploy-agent", "deploy-agent-ramdisk"])
+def test_environment_files_are_valid_bash(element):
+    directory = os.path.join(ELEMENTS, element, "environment.d")
     names = os.listdir(directory)
     assert names, "environment.d is empty"
     for name in names:
         proc = subprocess.run(["bash", "-n", os.path.join(directory, name)],
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{name}: {proc.stderr}"
+
+
+def test_apt_cleanup_is_off_because_the_prune_removes_apt():
+    with open(os.path.join(ELEMENTS, "deploy-agent-ramdisk", "environment.d",
+                           "10-deploy-agent-ramdisk.bash")) as f:
+        assert "export DIB_DISABLE_APT_CLEANUP=1" in f.read()
+    assert "usr/bin/apt-*" in {p for _why, group in prune_files.GROUPS for p in group}
 
 
 @pytest.mark.parametrize("path", list(_hook_scripts()))
@@ -321,6 +331,91 @@ def test_firmware_not_asked_for_is_pruned(tmp_path):
 
 
 # ------------------------------------------------------------------ static files
+
+def _tree(root, paths: dict[str, str]) -> None:
+    for path, text in paths.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+
+def _files(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+SITE = "opt/deploy-agent/lib/python3.11/site-packages"
+# what the agent and the tools in agent/tools.py use: must survive every prune
+KEPT = {
+    "usr/share/zoneinfo/Etc/UTC": "TZif", f"{SITE}/click-8.1.7.dist-info/METADATA": "x",
+    f"{SITE}/click-8.1.7.dist-info/entry_points.txt": "x", f"{SITE}/click/core.py": "x",
+    "usr/bin/grub-mkimage": "x", "usr/sbin/grub-install": "x", "usr/sbin/grub-probe": "x",
+    "usr/lib/grub/i386-pc/boot.img": "x", "usr/lib/grub/i386-pc/biosdisk.mod": "x",
+    "usr/bin/qemu-img": "x", "usr/bin/mcopy": "x", "usr/bin/python3.11": "x",
+    "usr/lib/locale/C.utf8/LC_CTYPE": "x", "usr/share/locale/locale.alias": "x",
+    "usr/lib/x86_64-linux-gnu/gconv/IBM850.so": "x",
+    "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache": "x",
+    "usr/lib/x86_64-linux-gnu/libc.so.6": "x", "usr/lib/x86_64-linux-gnu/libgnutls.so.30": "x",
+    "usr/lib/python3.11/json/__init__.py": "x", "usr/lib/python3.11/ssl.py": "x",
+    "usr/lib/python3.11/lib-dynload/_ssl.cpython-311-x86_64-linux-gnu.so": "x",
+    "usr/bin/ipmitool": "x", "usr/sbin/mkfs.xfs": "x", "usr/bin/fio": "x",
+    "usr/lib/deploy-agent-burnin/stress-ng": "x", "usr/bin/deb-helper": "#!/bin/sh\n",
+    "var/lib/dpkg/status": "Package: x\n", "etc/apt/apt.conf.d/no-languages": "x",
+}
+
+
+def test_prune_drops_what_the_ramdisk_never_reads_and_keeps_the_tools(tmp_path):
+    dropped = {
+        "usr/share/doc/x/README": "x", "usr/lib/locale/locale-archive": "x",
+        "usr/share/locale/de/LC_MESSAGES/x.mo": "x", "usr/bin/perl": "x",
+        "usr/lib/x86_64-linux-gnu/perl-base/strict.pm": "x",
+        "usr/sbin/adduser": "#!/usr/bin/perl -w\n", "usr/bin/apt-get": "x",
+        "usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0": "x", "var/lib/dpkg/info/x.list": "x",
+        "usr/bin/grub-mkrescue": "x", "usr/bin/grub-mount": "x",
+        "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi": "x", "usr/bin/qemu-nbd": "x",
+        "usr/bin/qemu-io": "x", "usr/lib/x86_64-linux-gnu/libsqlite3.so.0": "x",
+        "usr/lib/python3.11/lib-dynload/_sqlite3.cpython-311-x86_64-linux-gnu.so": "x",
+        "usr/lib/python3.11/pydoc_data/topics.py": "x", "usr/lib/python3.11/lib2to3/x.py": "x",
+        "usr/lib/udev/hwdb.bin": "x", "usr/lib/udev/hwdb.d/20-OUI.hwdb": "x",
+        "usr/share/misc/enterprise-numbers.txt": "x", "usr/bin/busybox": "x",
+        "usr/lib/x86_64-linux-gnu/gconv/BIG5.so": "x",
+        "usr/lib/x86_64-linux-gnu/libicuuc.so.72": "x",
+        "usr/share/zoneinfo/Europe/Paris": "x", "usr/share/zoneinfo/posix/Europe/Paris": "x",
+        f"{SITE}/click-8.1.7.dist-info/RECORD": "x", f"{SITE}/click/py.typed": "",
+        f"{SITE}/cryptography/hazmat/bindings/_rust/x509.pyi": "x",
+    }
+    _tree(tmp_path, {**KEPT, **dropped})
+    removed = dict(prune_files.prune(str(tmp_path)))
+    assert _files(tmp_path) == set(KEPT)
+    assert removed["perl"] > 0 and removed["iconv modules for code pages no tool here uses"] > 0
+
+
+def test_prune_of_a_pruned_tree_changes_nothing(tmp_path):
+    _tree(tmp_path, KEPT)
+    assert sum(size for _why, size in prune_files.prune(str(tmp_path))) == 0
+    assert _files(tmp_path) == set(KEPT)
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="no readelf")
+def test_foreign_tree_check_names_a_lost_library(tmp_path):
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    binary = tmp_path / "usr/bin/true"
+    shutil.copy(shutil.which("true"), binary)
+    needed = re.findall(r"Shared library: \[([^\]]+)\]", subprocess.run(
+        ["readelf", "-d", str(binary)], capture_output=True, text=True).stdout)
+    assert needed
+    assert prune_files.unresolved_sonames(str(tmp_path)) == [
+        f"usr/bin/true ({', '.join(needed)})"]
+    libdir = tmp_path / "usr/lib/powerpc64le-linux-gnu"
+    libdir.mkdir(parents=True)
+    for soname in needed:
+        (libdir / (soname + ".real")).write_text("x")
+        # a dangling link provides nothing; a link to a file does
+        (libdir / soname).symlink_to(soname + ".gone")
+    assert prune_files.unresolved_sonames(str(tmp_path))
+    for soname in needed:
+        (libdir / soname).unlink()
+        (libdir / soname).symlink_to(soname + ".real")
+    assert prune_files.unresolved_sonames(str(tmp_path)) == []
+
 
 def test_systemd_unit_starts_the_agent_with_restart():
     unit = configparser.ConfigParser(strict=False, interpolation=None)

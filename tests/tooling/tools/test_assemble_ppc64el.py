@@ -129,17 +129,34 @@ def test_unpack_merges_usr_and_records_packages(tmp_path):
     assert "Package: beta\nStatus: install ok installed\n" in status
 
 
-def test_prune_files_drops_docs_locales_and_icu(tmp_path):
+def test_prune_runs_the_elements_scripts_on_the_tree(tmp_path, monkeypatch):
     for path in ("usr/share/doc/x/README", "usr/share/locale/de/LC_MESSAGES/x.mo",
                  "usr/share/locale/locale.alias", "usr/lib/powerpc64le-linux-gnu/libicudata.so.72",
                  "usr/lib/powerpc64le-linux-gnu/libc.so.6", "usr/sbin/xfs_scrub",
-                 "usr/sbin/mkfs.xfs"):
+                 "usr/sbin/mkfs.xfs", "usr/bin/perl", "usr/lib/udev/hwdb.bin",
+                 "usr/lib/modules/6.1.0-9-powerpc64le/modules.dep"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("x")
-    asm.prune_files(str(tmp_path))
+    (tmp_path / "lib").symlink_to("usr/lib")           # merged /usr, as unpack makes it
+    # the module pruning has its own tests; here it only has to run on the tree
+    monkeypatch.setenv("DIB_DEPLOY_AGENT_KEEP_ALL_MODULES", "1")
+    asm.prune(str(tmp_path))
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert left == ["usr/lib/powerpc64le-linux-gnu/libc.so.6", "usr/sbin/mkfs.xfs",
+    assert left == ["usr/lib/modules/6.1.0-9-powerpc64le/modules.dep",
+                    "usr/lib/powerpc64le-linux-gnu/libc.so.6", "usr/sbin/mkfs.xfs",
                     "usr/share/locale/locale.alias"]
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="no readelf")
+def test_prune_fails_when_a_program_loses_a_library(tmp_path, monkeypatch):
+    # a real ELF (this machine's) whose libc the tree does not have
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    shutil.copy(shutil.which("true"), tmp_path / "usr/bin/true")
+    (tmp_path / "usr/lib/modules/6.1.0-9-powerpc64le").mkdir(parents=True)
+    (tmp_path / "lib").symlink_to("usr/lib")
+    monkeypatch.setenv("DIB_DEPLOY_AGENT_KEEP_ALL_MODULES", "1")
+    with pytest.raises(asm.BuildError, match="97-deploy-agent-ramdisk-prune"):
+        asm.prune(str(tmp_path))
 
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="no systemctl")
