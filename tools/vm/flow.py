@@ -6,8 +6,10 @@
     127.0.0.1:A             -- hostfwd ->     10.0.2.15:9999   the agent's API (HTTPS)
     QEMU TFTP (in-process)                    10.0.2.2         first.ipxe
 
-A negative run (``bad-checksum``, ``unreachable-image``) expects the deploy
-to fail with a clear error and then proves that the disk does not boot.
+Before the deploy, the disk burn-in clean step runs fio on the virtio disk
+for a few seconds with verification.  A negative run (``bad-checksum``,
+``unreachable-image``) expects the deploy to fail with a clear error and then
+proves that the disk does not boot.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ AGENT_PORT = 9999
 IMAGE_NAME = "testos.img.zst"
 # sparse; the agent, like IPA, picks no disk under 4 GiB without root device hints
 DISK_MIB = 5 * 1024
+# a short time-based fio run: proof that fio in the ramdisk verifies the
+# virtio disk, not a burn-in worth the name
+BURNIN_KNOBS = {"agent_burnin_fio_disk_loops": 1, "agent_burnin_fio_disk_runtime": 8}
 MARKER = testos.MARKER
 FAIL_ON_CONSOLE = r"Kernel panic - not syncing.*|DEPLOY-AGENT-TEST-OS: FAILED.*"
 NOT_BOOTABLE = (r"No bootable device|No bootable option|Boot Failed|startup\.nsh|"
@@ -220,6 +225,22 @@ class DeployRun(RunBase):
                                    bootloader_interval=1.0, callback_timeout=limit,
                                    logs_dir=os.path.join(self.run_dir, "logs"), sleep=sleep)
 
+    def burnin_disk(self) -> None:
+        """The disk burn-in clean step, fio on the virtio disk, as a manual clean runs it."""
+        node = self.deploy_node()
+        node.setdefault("driver_info", {}).update(BURNIN_KNOBS)
+        driver = self.driver(self.opts.deploy_timeout, "burnin_disk")
+        started = time.monotonic()
+        result = driver.clean_step(node, {"step": "burnin_disk", "interface": "deploy",
+                                          "args": {}})
+        disks = (result or {}).get("disks") if isinstance(result, dict) else None
+        if not disks or not all(isinstance(d, dict) and d for d in disks.values()):
+            raise Failed(f"burnin_disk reported no fio figures for the disk: "
+                         f"{json.dumps(result)[:300]}")
+        figures = "; ".join(f"{name}: {json.dumps(summary, sort_keys=True)[:160]}"
+                            for name, summary in disks.items())
+        self.timings.add("burnin_disk", time.monotonic() - started, figures)
+
     def deploy(self) -> conductor.DeployReport:
         info, configdrive = self.image_info()
         plan = conductor.DeployPlan(image_info=info, configdrive=configdrive,
@@ -290,6 +311,7 @@ class DeployRun(RunBase):
         self.serve()
         self.boot_ramdisk()
         if not self.opts.negative:
+            self.burnin_disk()
             self.deploy()
             self.boot_disk()
             say(f"the deployed OS booted from disk and read hostname {self.hostname} from "
