@@ -63,31 +63,19 @@ def test_an_unreachable_agent_fails_after_three_attempts():
         Conductor(client).post("standby.sync", {}, wait=True)
 
 
-def test_a_short_step_is_seen_soon_then_polling_backs_off(monkeypatch):
-    monkeypatch.syspath_prepend(PLUGIN_DIR)
-    # one retry 0.3 s after a refused connection: a step that runs a few polls long
-    cfg = config_mod.load(read_proc=False, env={}, flags={
-        "standalone": True, "listen_host": "127.0.0.1", "listen_port": free_port(),
-        "agent_token": "t" * 43, "image_download_connection_retries": 1,
-        "image_download_connection_retry_interval": 0.3})
-    runtime = Runtime(cfg)
-    server = runtime.start_api()
+def test_a_short_step_is_seen_soon_then_polling_backs_off(agent):
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
         time.sleep(seconds)
 
-    try:
-        driver = Conductor(agent_client(f"http://127.0.0.1:{server.port}", "t" * 43, True),
-                           poll_interval=2.0, sleep=sleep)
-        with pytest.raises(DeployFailed, match="write_image failed"):
-            driver.deploy(DeployPlan(image_info={"id": "x", "urls": ["http://127.0.0.1:9/x"],
-                                                 "os_hash_algo": "sha256",
-                                                 "os_hash_value": "0" * 64},
-                                     power_off=False))
-    finally:
-        runtime.close()
-    # the step's end is seen within a poll or two, not after a whole 2 s interval
+    driver = Conductor(agent, poll_interval=2.0, sleep=sleep)
+    # a real step that runs about a second: stress-ng on one CPU for 1 s
+    node = {"driver_info": {"agent_burnin_cpu_timeout": 1, "agent_burnin_cpu_cpu": 1}}
+    result = driver.clean_step(node, {"step": "burnin_cpu", "interface": "deploy",
+                                      "args": {}})
+    assert result["tool"] == "stress-ng"
+    # its end is seen within a poll or two of it, not after a whole 2 s interval
     assert sleeps and sleeps[0] == 0.05
     assert all(b == min(a * 2, 2.0) for a, b in zip(sleeps, sleeps[1:], strict=False))
