@@ -98,12 +98,17 @@ def agent_process(env: dict[str, str] | None = None) -> Iterator[tuple[subproces
             proc.kill()
 
 
-def peak_rss_mib(pid: int) -> float:
+def status_mib(pid: int, field: str) -> float:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM, ...) in MiB; NaN when absent."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    return status_mib(pid, "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -77,7 +77,7 @@ def loader_names(suffix: str) -> tuple[str, ...]:
 def scan(tree: str, arch: str) -> EspScan:
     """Loaders to register for the ESP whose root directory is ``tree``."""
     suffix = suffix_for(arch)
-    files = _walk(tree)
+    files = regular_files(tree)
     expected = f"EFI/BOOT/BOOT{suffix.upper()}.EFI"
     result = EspScan(loaders=[], fallback=files.get(expected.lower()),
                      expected_fallback=expected)
@@ -163,7 +163,7 @@ def _note_foreign(files: dict[str, str], suffix: str) -> None:
                 LOG.info("skipping %s: it is a loader for another architecture", path)
 
 
-def _walk(tree: str) -> dict[str, str]:
+def regular_files(tree: str) -> dict[str, str]:
     """Lower-cased relative path -> relative path as on disk, regular files only."""
     files: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(tree, followlinks=False):

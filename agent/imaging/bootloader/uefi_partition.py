@@ -187,7 +187,7 @@ def add_grub_files(root: str, grub: grub_bios.ImageGrub, stage: str) -> None:
     Some distributions' grub reads its configuration from its own ESP
     directory; the image's copy, regenerated just before, then boots the same.
     """
-    files = _index(stage)
+    files = loaders.regular_files(stage)
     for name in ("grub.cfg", "grubenv"):
         source = chroot.resolve(root, f"{grub.directory}/{name}")
         if not os.path.isfile(source) or os.path.islink(source):
@@ -208,7 +208,7 @@ def add_removable(stage: str, arch: str) -> list[str]:
     if scan.fallback is not None or not scan.loaders:
         return []
     suffix = loaders.suffix_for(arch)
-    files = _index(stage)
+    files = loaders.regular_files(stage)
     best = scan.loaders[0].path
     directory = os.path.dirname(best)
     fallback_dir = next((files[k].rsplit("/", 1)[0] for k in files
@@ -242,7 +242,7 @@ def write_tree(node: str, stage: str) -> list[str]:
         tools.run("mcopy", "-s", "-p", "-m", "-D", "o", "-i", node,
                   *[os.path.join(stage, e) for e in entries], "::/", env=MTOOLS_ENV,
                   timeout=COPY_TIMEOUT)
-    return sorted(_index(stage).values())
+    return sorted(loaders.regular_files(stage).values())
 
 
 def add_fstab_entry(root: str, esp_uuid: str) -> str:
@@ -295,7 +295,7 @@ def read_back(node: str) -> Iterator[str]:
 def _register(disk: str, esp: devices.DiskPartition, arch: str,
               written: list[str]) -> uefi.UefiOutcome:
     with read_back(esp.node) as tree:
-        have = {k.lower() for k in _index(tree)}
+        have = {k.lower() for k in loaders.regular_files(tree)}
         missing = [p for p in written if p.lower() not in have]
         if missing:
             raise CommandExecutionError(f"the EFI system partition {esp.node} lacks "
@@ -349,18 +349,6 @@ def _device_size(node: str) -> int:
             return f.seek(0, os.SEEK_END)
     except OSError:
         return 0
-
-
-def _index(tree: str) -> dict[str, str]:
-    """Lower-cased relative path -> relative path as on disk, regular files only."""
-    files: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(tree, followlinks=False):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, tree)
-        for name in sorted(filenames):
-            path = name if rel == "." else f"{rel}/{name}"
-            files.setdefault(path.lower(), path)
-    return files
 
 
 def _grub_loader_dirs(files: dict[str, str]) -> list[str]:
