@@ -15,6 +15,7 @@ the download instead of having the disk rewritten forever.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import time
@@ -74,6 +75,7 @@ class HTTPSource:
         self.requests = 0
         self._validator: str | None = None
         self._resp: requests.Response | None = None
+        self._readinto: Callable[[memoryview], int] | None = None
         self._started = time.monotonic()
         # every reconnection may wait up to ``timeout`` to connect and to read
         self.stall_limit = stall_limit if stall_limit is not None else \
@@ -141,6 +143,7 @@ class HTTPSource:
 
     def open(self) -> None:
         self._resp = self._connect(0)
+        self._readinto = body_reader(self._resp)
         self._adopt(self._resp, 0)
 
     def reopen(self) -> None:
@@ -208,9 +211,9 @@ class HTTPSource:
         while True:
             self.cancel_check()
             self._check_duration()
-            assert self._resp is not None, "open() first"
+            assert self._resp is not None and self._readinto is not None, "open() first"
             try:
-                n = self._resp.raw.readinto(buf)
+                n = self._readinto(buf)
             except (requests.RequestException, OSError, ValueError) as exc:
                 # urllib3 wraps resets and read timeouts in several types
                 n, reason = -1, str(exc)
@@ -237,6 +240,8 @@ class HTTPSource:
             self._interrupted(reason)
             LOG.warning("download interrupted (%s); resuming", reason)
             self._resp = self._connect(self.received)
+            # before _adopt: a 200 restarts the stream on this new response
+            self._readinto = body_reader(self._resp)
             self._adopt(self._resp, self.received)
 
     def close(self) -> None:
@@ -246,6 +251,23 @@ class HTTPSource:
     def stats(self) -> dict[str, Any]:
         return {"url": self.url, "bytes_received": self.received, "total": self.total,
                 "resumes": self.resumes, "restarts": self.restarts, "requests": self.requests}
+
+
+def body_reader(resp: requests.Response) -> Callable[[memoryview], int]:
+    """``readinto`` for the response's body, from the socket straight into the buffer.
+
+    urllib3's ``readinto`` reads into a new bytes object and copies that over,
+    under the GIL: a second copy of every image byte, measured at nearly half
+    the receiving thread's CPU (bench/stream_profile.py).  The http.client
+    response beneath it reads into the caller's buffer.  Both give the bytes
+    as served (requests asks urllib3 not to decode the body), and both return
+    0 when the body ends or the connection closes; ``readinto`` judges which.
+    """
+    raw = resp.raw
+    inner = getattr(raw, "_fp", None)
+    if isinstance(inner, http.client.HTTPResponse) and not getattr(raw, "decode_content", True):
+        return inner.readinto
+    return raw.readinto
 
 
 def fetch_text(url: str, *, session: requests.Session | None = None, timeout: float = 60.0,
