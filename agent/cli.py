@@ -155,6 +155,20 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_network(cfg: config.Config) -> bool | None:
+    """In a ramdisk with someone to talk to, wait for an address (None: no wait needed).
+
+    The ramdisk's unit starts the agent before network-online.target (see
+    agent.hardware.netwait); elsewhere the network is the host's business.
+    """
+    if cfg.standalone or not (cfg.api_url or cfg.inspection_callback_url or cfg.use_mdns):
+        return None
+    if not config.is_ramdisk(cfg):
+        return None
+    from agent.hardware.netwait import wait_for_address
+    return wait_for_address(cfg.network_wait_timeout)
+
+
 def _assemble_md_arrays(cfg: config.Config) -> None:
     """Bring up the md arrays the disks describe, before lookup and inventory.
 
@@ -227,6 +241,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from agent.hardware.vlan import create_vlan_interfaces
             # before the DHCP wait and the lookup, which may need these VLANs
             create_vlan_interfaces(cfg)
+        if cfg.api_url and not cfg.standalone and not cfg.tls_cert_file:
+            from agent import tls
+            # auto-TLS is the norm with Ironic; its import overlaps the waits below
+            tls.preload_in_background()
+        _wait_for_network(cfg)
         from agent.ironic import mdns
         # once the network is up and before NTP: the record may name the NTP server
         mdns.resolve_at_start(cfg)

@@ -96,6 +96,9 @@ class Config:
         _number(float, 0), 10.0, "seconds between those attempts", ("ipa-ip-lookup-timeout",))
     lookup_timeout: float = setting(
         _number(float, 0), 600.0, "seconds before lookup gives up", ("ipa-lookup-timeout",))
+    network_wait_timeout: float = setting(
+        _number(float, 0), 60.0, "seconds to wait at start for an address on any interface "
+        "(ramdisk only; 0 = do not wait)", ("ipa-network-wait-timeout",))
     lookup_interval: float = setting(
         _number(float, 0), 1.0, "initial lookup backoff, seconds", ("ipa-lookup-interval",))
     http_request_timeout: float = setting(

@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import tempfile
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,6 +19,27 @@ if TYPE_CHECKING:
 CURVES = {"p256": "SECP256R1", "p384": "SECP384R1", "p521": "SECP521R1"}
 CLOCK_SKEW = datetime.timedelta(hours=1)
 VALIDITY = datetime.timedelta(days=30)
+
+
+def preload_in_background() -> threading.Thread:
+    """Import what generate_certificate needs on a daemon thread, and return it.
+
+    At start the agent spends seconds waiting for DHCP and the lookup's round
+    trips; on a slow or emulated CPU cryptography's import is a second of its
+    own, which this moves into those waits.  Imports take per-module locks, so
+    a generate_certificate that comes first simply waits for the thread's.
+    """
+    def load() -> None:
+        try:
+            from cryptography import x509  # noqa: F401
+            from cryptography.hazmat.primitives import hashes, serialization  # noqa: F401
+            from cryptography.hazmat.primitives.asymmetric import ec  # noqa: F401
+        except ImportError:             # reported where the certificate is made
+            pass
+
+    thread = threading.Thread(target=load, name="tls-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def generate_certificate(ip: str, curve: str = "p384",

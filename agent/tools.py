@@ -31,7 +31,7 @@ class Tool:
     package: str                       # Debian package that ships it
     purpose: str
     required: bool = True              # a deploy cannot work without it
-    arches: tuple[str, ...] = ("amd64", "ppc64el")
+    arches: tuple[str, ...] = ("amd64", "ppc64el", "arm64")
 
 
 TOOLS: dict[str, Tool] = {t.name: t for t in [
@@ -51,15 +51,17 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("mkfs.ext2", "e2fsprogs", "ephemeral partitions formatted ext2", required=False),
     Tool("mkfs.xfs", "xfsprogs", "ephemeral partitions formatted xfs", required=False),
     Tool("mcopy", "mtools", "fill vfat config drives without mounting"),
+    # UEFI machines: amd64 and arm64 (POWER boots through PReP and Open Firmware)
     Tool("efibootmgr", "efibootmgr", "UEFI NVRAM boot entries", required=False,
-         arches=("amd64",)),
-    Tool("hdparm", "hdparm", "ATA secure erase", required=False, arches=("amd64",)),
+         arches=("amd64", "arm64")),
+    Tool("hdparm", "hdparm", "ATA secure erase", required=False, arches=("amd64", "arm64")),
     Tool("nvme", "nvme-cli", "NVMe format erase", required=False),
     Tool("ipmitool", "ipmitool", "BMC address in the inventory", required=False),
     Tool("modprobe", "kmod", "load the IPMI drivers so the BMC can be found", required=False),
-    # POWER has no SMBIOS (Debian builds no dmidecode there); the device tree serves
+    # POWER has no SMBIOS (Debian builds no dmidecode there); the device tree serves.
+    # arm64 servers' UEFI publishes SMBIOS like amd64's firmware
     Tool("dmidecode", "dmidecode", "DMI tables for the dmi-decode and extra-hardware "
-         "inspection collectors", required=False, arches=("amd64",)),
+         "inspection collectors", required=False, arches=("amd64", "arm64")),
     Tool("dmesg", "util-linux", "kernel log for log collection", required=False),
     Tool("ip", "iproute2", "static addressing from virtual media, VLAN sub-interfaces, "
          "addresses and routes for logs", required=False),

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import ROOT, tmpfs_loop  # noqa: E402
+from bench.common import ROOT, status_mib, tmpfs_loop  # noqa: E402
 from bench.harness import drop_partitions, http_server  # noqa: E402
 from bench.stream_profile import image_for  # noqa: E402
 from bench.trees import agent_in, tree  # noqa: E402
@@ -35,14 +35,6 @@ from bench.trees import agent_in, tree  # noqa: E402
 MiB = 1 << 20
 WORK = "/dev/shm/deploy-agent-bench-rss"
 FORMATS = ("raw", "gzip", "zstd", "xz", "bzip2")
-
-
-def status_mib(pid: int, field: str) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_run(url: str, name: str, dev: str, digest: str, root: str) -> dict[str, float]:

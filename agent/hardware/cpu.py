@@ -41,6 +41,33 @@ def _parse_ranges(text: str | None) -> list[int]:
     return cpus
 
 
+# arm64 cpuinfo names no model, only the MIDR fields; these are the server and
+# virtual-machine cores a deploy meets (implementer -> (vendor, part -> core))
+ARM_PARTS: dict[int, tuple[str, dict[int, str]]] = {
+    0x41: ("ARM", {0xd03: "Cortex-A53", 0xd07: "Cortex-A57", 0xd08: "Cortex-A72",
+                   0xd09: "Cortex-A73", 0xd0b: "Cortex-A76", 0xd0c: "Neoverse-N1",
+                   0xd40: "Neoverse-V1", 0xd49: "Neoverse-N2", 0xd4f: "Neoverse-V2",
+                   0xd8e: "Neoverse-N3", 0xd84: "Neoverse-V3", 0xd0f: "AEMv8 (emulated)"}),
+    0x43: ("Cavium", {0x0a1: "ThunderX", 0x0af: "ThunderX2"}),
+    0x46: ("Fujitsu", {0x001: "A64FX"}),
+    0x48: ("HiSilicon", {0xd01: "Kunpeng-920"}),
+    0x50: ("APM", {0x000: "X-Gene"}),
+    0x51: ("Qualcomm", {0xc00: "Falkor"}),
+    0xc0: ("Ampere", {0xac3: "Ampere-1", 0xac4: "Ampere-1a"}),
+}
+
+
+def _arm_model(fields: dict[str, str]) -> str:
+    """'ARM Neoverse-N1' from "CPU implementer"/"CPU part"; '' when they are absent."""
+    try:
+        implementer = int(fields["cpu implementer"], 16)
+        part = int(fields["cpu part"], 16)
+    except (KeyError, ValueError):
+        return ""
+    vendor, parts = ARM_PARTS.get(implementer, (f"implementer {implementer:#04x}", {}))
+    return f"{vendor} {parts.get(part, f'part {part:#05x}')}"
+
+
 def _mhz(text: str | None) -> float | None:
     match = re.search(r"[\d.]+", text or "")
     return float(match.group()) if match else None
@@ -59,7 +86,7 @@ def collect(root: str = "/", arch: str | None = None) -> dict[str, Any]:
     model = (merged.get("model name") or merged.get("cpu")
              or merged.get("hardware") or merged.get("processor", ""))
     if model.isdigit():  # arm64 "processor : 0" without a model line
-        model = ""
+        model = _arm_model(merged)
     cpu_dir = sysfs.path(root, "/sys/devices/system/cpu")
     online = _parse_ranges(sysfs.read_str(os.path.join(cpu_dir, "online")))
     count = len(online) or len(procs) or (os.cpu_count() or 0)

@@ -46,7 +46,8 @@ def _prerequisites() -> None:
 
 
 # prebuilt ramdisks (e.g. from the ramdisk tier) instead of tools/vm-deploy's own cached build
-RAMDISK_ENV = {"amd64": "VM_DEPLOY_RAMDISK_DIR", "ppc64el": "VM_DEPLOY_PPC64EL_RAMDISK_DIR"}
+RAMDISK_ENV = {"amd64": "VM_DEPLOY_RAMDISK_DIR", "ppc64el": "VM_DEPLOY_PPC64EL_RAMDISK_DIR",
+               "arm64": "VM_DEPLOY_ARM64_RAMDISK_DIR"}
 
 
 def vm_deploy(tmp_path, *args: str, arch: str = "amd64") -> tuple[int, dict, str]:
@@ -158,6 +159,22 @@ def test_ppc64le_ramdisk_answers_get_hardware_info(tmp_path):
     assert code == 0, result.get("error")
     assert "get_hardware_info" in result["timings"]
     assert "ppc64le" in out
+
+
+def test_arm64_ramdisk_answers_get_hardware_info(tmp_path):
+    if shutil.which("qemu-system-aarch64") is None:
+        skip_or_fail("qemu-system-aarch64 is missing (tools/dev-setup --vm installs it)")
+    if not os.path.exists("/usr/share/AAVMF/AAVMF_CODE.fd"):
+        skip_or_fail("AAVMF is missing (tools/dev-setup --vm installs qemu-efi-aarch64)")
+    code, result, out = vm_deploy(tmp_path, "--arch", "arm64", arch="arm64")
+    if code == 2 and "no arm64 ramdisk could be built" in out:
+        skip_or_fail("this machine cannot build an arm64 ramdisk: " + out.splitlines()[-1])
+    assert code == 0, result.get("error")
+    assert result["arch"] == "arm64"
+    assert {"boot to API", "get_hardware_info"} <= set(result["timings"])
+    # the inventory is the guest's own: an aarch64 CPU booted through UEFI (the run
+    # also checked the NIC's MAC and the disk)
+    assert "(aarch64)" in out and "boot mode uefi" in out
 
 
 IRONIC_VENV = os.environ.get("IRONIC_VENV", os.path.join(REPO, ".venv-ironic"))

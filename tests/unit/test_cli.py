@@ -218,6 +218,8 @@ def test_tools_of_other_architectures_are_not_reported_missing() -> None:
     assert "grub-install" not in tools.tools_for_this_machine("x86_64")
     assert "efibootmgr" not in tools.tools_for_this_machine("ppc64le")
     assert "grub-install" in tools.tools_for_this_machine("ppc64le")
+    assert "efibootmgr" in tools.tools_for_this_machine("aarch64")
+    assert "grub-install" not in tools.tools_for_this_machine("aarch64")
     assert set(tools.tools_for_this_machine("riscv64")) == set(tools.TOOLS)
 
 
@@ -228,3 +230,24 @@ def test_tools_exit_1_when_a_required_tool_is_missing(capsys, monkeypatch) -> No
     captured = capsys.readouterr()
     assert "sgdisk         MISSING" in captured.out
     assert "sgdisk (REQUIRED, Debian package gdisk): missing" in captured.err
+
+
+@pytest.mark.parametrize("cmdline,ramdisk,waits", [
+    ("ipa-api-url=http://192.0.2.1:6385", "true", True),
+    ("ipa-inspection-callback-url=http://192.0.2.1:5050/v1/continue", "true", True),
+    ("ipa-api-url=http://192.0.2.1:6385", "false", False),     # a workstation's network
+    ("", "true", False),                                         # nobody to talk to
+])
+def test_start_waits_for_an_address_only_in_a_ramdisk_with_a_peer(monkeypatch, cmdline,
+                                                                  ramdisk, waits) -> None:
+    from agent.hardware import netwait
+    seen: list[float] = []
+    monkeypatch.setattr(netwait, "wait_for_address", lambda timeout: seen.append(timeout)
+                        or True)
+    cfg = config.load(env={}, read_proc=False, flags={"ramdisk": ramdisk},
+                      cmdline=cmdline + " ipa-network-wait-timeout=7")
+    assert cli._wait_for_network(cfg) is (True if waits else None)
+    assert seen == ([7.0] if waits else [])
+    standalone = config.load(env={}, read_proc=False, cmdline=cmdline,
+                             flags={"ramdisk": ramdisk, "standalone": True})
+    assert cli._wait_for_network(standalone) is None

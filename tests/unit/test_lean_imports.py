@@ -110,3 +110,24 @@ def test_requests_works_without_a_charset_detector() -> None:
     assert out["loaded"] == []
     assert out["json"] == {"café": "ok"}
     assert out["text"] == "fault: café"     # UTF-8, the fallback without a detector
+
+
+PRELOAD = """
+import json, sys
+from agent import tls
+before = "cryptography.x509" in sys.modules
+thread = tls.preload_in_background()
+thread.join(60)
+after = sorted(m for m in ("cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec")
+               if m in sys.modules)
+cert, key = tls.generate_certificate("192.0.2.5", "p256")
+print(json.dumps({"before": before, "after": after, "daemon": thread.daemon,
+                  "cert": cert.startswith("-----BEGIN CERTIFICATE")}))
+"""
+
+
+def test_the_tls_preload_loads_cryptography_off_the_main_thread() -> None:
+    out = _run(PRELOAD)
+    assert out == {"before": False, "daemon": True, "cert": True,
+                   "after": ["cryptography.hazmat.primitives.asymmetric.ec",
+                             "cryptography.x509"]}

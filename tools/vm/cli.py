@@ -12,7 +12,7 @@ EPILOG = """\
 exit status: 0 when the run proved its point (the deployed OS booted; for
 --negative, the deploy failed clearly and the disk did not boot; for --raid,
 the array was made, deployed onto and booted whole and without each member in
-turn; for --arch ppc64el, the agent answered poll.get_hardware_info; for
+turn; for --arch ppc64el and arm64, the agent answered poll.get_hardware_info; for
 --ironic, the whole lifecycle passed; for --partition-image, the partition
 image booted through the ESP the agent filled), 1 when it did not, 2 on
 bad usage or a missing prerequisite.  Artifacts are cached in .cache/vm/
@@ -24,9 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="vm-deploy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Boot the deploy ramdisk in QEMU through iPXE, deploy a small test OS "
                     "with a config drive through the agent, and boot the deployed disk.")
-    p.add_argument("--arch", choices=("amd64", "ppc64el"), default="amd64",
+    p.add_argument("--arch", choices=("amd64", "ppc64el", "arm64"), default="amd64",
                    help="amd64: the full deploy; ppc64el: boot the ramdisk under "
-                        "qemu-system-ppc64 -M pseries and run poll.get_hardware_info")
+                        "qemu-system-ppc64 -M pseries and run poll.get_hardware_info; "
+                        "arm64: the same under qemu-system-aarch64 -M virt with UEFI")
     p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
                    help="SeaBIOS or OVMF (amd64)")
     p.add_argument("--negative", choices=("bad-checksum", "unreachable-image"),
@@ -53,10 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramdisk-dir", help="use this kernel + initramfs instead of building "
                                          "(must hold deploy-agent.kernel/.initramfs)")
     p.add_argument("--cache-dir", help="artifact cache (default .cache/vm)")
-    p.add_argument("--memory", type=int,
-                   help="guest RAM in MiB (default: 1024 for amd64, the ramdisk's budget; "
-                        "2048 for ppc64el, whose initramfs does not unpack in 1024 today)")
-    p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
+    p.add_argument("--memory", type=int, default=1024,
+                   help="guest RAM in MiB (default 1024, the ramdisk's budget on every "
+                        "architecture)")
+    p.add_argument("--smp", type=int, default=2,
+                   help="guest CPUs (default 2: QEMU's TCG runs one host thread per CPU, and "
+                        "the ramdisk's units and the agent's start-up overlap on two)")
     p.add_argument("--kernel-arg", action="append", default=[],
                    help="extra ramdisk kernel parameter, e.g. ipa-debug=1 (repeatable)")
     p.add_argument("--api-timeout", type=float, default=300.0,
@@ -65,10 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds for the whole deploy, write_image to power off")
     p.add_argument("--json", help="write the result and timings to this file")
     args = p.parse_args(argv)
-    if args.memory is None:
-        args.memory = 2048 if args.arch == "ppc64el" else 1024
-    if args.arch == "ppc64el" and (args.negative or args.firmware != "bios"):
-        p.error("--arch ppc64el is a smoke test: no --negative or --firmware")
+    if args.arch in ("ppc64el", "arm64") and (args.negative or args.firmware != "bios"):
+        p.error(f"--arch {args.arch} is a smoke test: no --negative or --firmware "
+                "(arm64 always boots through UEFI)")
     if not args.ironic_inspect and not args.ironic:
         p.error("--no-inspect needs --ironic")
     if args.ironic and (args.negative or args.arch != "amd64" or args.firmware != "bios"):
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from realironic.server import IronicMissing
 
     from vm import (
+        arm,
         bmc,
         flow,
         ironicflow,
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             run = ironicflow.IronicRun(opts, sup)
         elif args.arch == "ppc64el":
             run = ppc.SmokeRun(opts, sup)
+        elif args.arch == "arm64":
+            run = arm.SmokeRun(opts, sup)
         elif args.raid:
             run = raidflow.RaidRun(opts, sup)
         elif args.partition_image:

@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.driver import conductor
 from agent.driver import request as deploy_request
-from vm import ipxe, procs, qemu, ramdisk, services, testos
+from vm import bootphases, ipxe, procs, qemu, ramdisk, services, testos
 from vm.report import banner, say
 from vm.runbase import RAMDISK_FAILURES, Failed, RunBase
 
@@ -104,7 +104,7 @@ class DeployRun(RunBase):
         services.link(self.http_dir, "deploy-agent.kernel", self.ramdisk.kernel)
         services.link(self.http_dir, "deploy-agent.initramfs", self.ramdisk.initramfs)
         services.link(self.http_dir, IMAGE_NAME, self.os.served)
-        extra = list(self.opts.kernel_args)
+        extra = [*bootphases.TRACE_ARGS, *self.opts.kernel_args]
         if self.opts.negative == "unreachable-image":
             extra += UNREACHABLE_ARGS
         ipxe.write(self.tftp_dir, self.http_dir, GUEST_HTTP, GUEST_API, extra,
@@ -175,6 +175,7 @@ class DeployRun(RunBase):
                          f"{self.stages(fetched)}; agent {found.url} via 127.0.0.1:"
                          f"{self.agent_port}, version {status.get('version', '?')}")
         say(f"agent up: heartbeat from {found.url}, certificate pinned, token issued")
+        self.report_boot_phases(fetched)
 
     def image_info(self) -> tuple[dict[str, Any], dict[str, Any]]:
         url, checksum = f"{GUEST_HTTP}/{IMAGE_NAME}", f"sha256:{self.os.sha256}"

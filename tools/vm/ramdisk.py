@@ -21,12 +21,16 @@ from vm import cache
 KERNEL = "deploy-agent.kernel"
 INITRAMFS = "deploy-agent.initramfs"
 SUMS = "deploy-agent.sha256"
-INPUTS = ("agent", "elements", "tools/build-ramdisk", "tools/assemble-ppc64el",
+INPUTS = ("agent", "elements", "tools/build-ramdisk", "tools/assemble-foreign",
           "tools/build-burnin-tools", "setup.cfg", "setup.py", "pyproject.toml",
           "requirements.txt")
-# builders, tried in order; the second one needs no foreign-architecture chroot
+# builders, tried in order; the second one needs no foreign-architecture chroot (and
+# is not tried again when build-ramdisk already handed over to it)
+ASSEMBLER = "tools/assemble-foreign"
 BUILDERS = {"amd64": ("tools/build-ramdisk",),
-            "ppc64el": ("tools/build-ramdisk", "tools/assemble-ppc64el")}
+            "ppc64el": ("tools/build-ramdisk", ASSEMBLER),
+            "arm64": ("tools/build-ramdisk", ASSEMBLER)}
+HANDED_OVER = "without a chroot (tools/assemble-foreign)"
 
 
 class RamdiskError(Exception):
@@ -79,19 +83,24 @@ def cache_key(arch: str, release: str) -> str:
 
 def _build(arch: str, release: str, out: str, log: Callable[[str], None]) -> None:
     errors = []
+    handed_over = False
     for builder in BUILDERS[arch]:
         script = os.path.join(cache.REPO, builder)
         if not os.path.isfile(script):
             errors.append(f"{builder} does not exist")
             continue
-        argv = [sys.executable, script, "--output", out, "--release", release]
+        if builder == ASSEMBLER and handed_over:
+            continue            # it has just failed under build-ramdisk
+        argv = [sys.executable, script, "--output", out, "--release", release,
+                "--arch", arch]
         if builder.endswith("build-ramdisk"):
-            argv += ["--arch", arch, "--quiet"]
+            argv.append("--quiet")
         log(f"building the {arch} ramdisk: {' '.join(argv[1:])}")
         result = subprocess.run(argv, cwd=cache.REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         if result.returncode == 0 and not problems(out):
             return
+        handed_over = HANDED_OVER in result.stdout
         errors.append(f"{builder} exited {result.returncode}: "
                       + "\n    ".join(result.stdout.strip().splitlines()[-15:]))
     raise RamdiskError(f"no {arch} ramdisk could be built:\n  " + "\n  ".join(errors))

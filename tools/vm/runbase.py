@@ -85,6 +85,19 @@ class RunBase:
         marks = sorted({**(first or {}), **self.milestones}.items(), key=lambda kv: kv[1])
         return ", ".join(f"{name} at {seconds:.0f}s" for name, seconds in marks)
 
+    def report_boot_phases(self, wall: dict[str, float]) -> list[tuple[str, float]]:
+        """Print where the boot's time went; keep it in boot-phases.json."""
+        from vm import bootphases
+
+        assert self.vm is not None
+        items = bootphases.phases(self.vm.console(),
+                                  {**wall, **{k: v for k, v in self.milestones.items()
+                                              if k == "kernel"}})
+        say("boot phases: " + bootphases.describe(items))
+        with open(os.path.join(self.run_dir, "boot-phases.json"), "w", encoding="utf-8") as f:
+            json.dump(dict(items), f, indent=1)
+        return items
+
     def check_loopback_only(self) -> None:
         """Every server of this run (ours, QEMU's hostfwd) is up now; none may face the network."""
         from vm import services

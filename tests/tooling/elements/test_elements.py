@@ -26,7 +26,7 @@ from tests.scripts import load_script
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 ELEMENTS = os.path.join(REPO, "elements")
 NAMES = ("deploy-agent", "deploy-agent-ramdisk")
-ARCHES = ("amd64", "ppc64el")
+ARCHES = ("amd64", "ppc64el", "arm64")
 PHASES = ("root.d", "extra-data.d", "pre-install.d", "install.d", "post-install.d",
           "block-device.d", "pre-finalise.d", "finalise.d", "cleanup.d")
 PARAMS = {"arch", "not-arch", "uninstall", "build-only", "phase", "when", "installtype",
@@ -205,8 +205,8 @@ def test_every_agent_tool_is_installed_or_explicitly_excluded(arch):
 def test_a_slim_tool_switched_on_keeps_debians_package_out():
     fio = dataclasses.replace(TOOLS["fio"], arches=tuple(ARCHES))
     block = build_ramdisk.tool_block({"fio": fio}).splitlines()
-    assert block[1:4] == ["# fio: built by tools/build-burnin-tools on amd64,ppc64el, "
-                          "never Debian's package", "fio:", "  not-arch: amd64,ppc64el"]
+    assert block[1:4] == ["# fio: built by tools/build-burnin-tools on amd64,ppc64el,arm64, "
+                          "never Debian's package", "fio:", "  not-arch: amd64,ppc64el,arm64"]
     for hook in BURNIN_HOOKS:
         assert os.access(os.path.join(ELEMENTS, "deploy-agent", hook), os.X_OK), hook
 
@@ -223,11 +223,16 @@ def test_tool_block_is_what_the_sync_writes():
 
 
 def test_arch_specific_bootloader_and_firmware_tooling():
-    amd64, ppc = resolve("amd64"), resolve("ppc64el")
+    amd64, ppc, arm64 = resolve("amd64"), resolve("ppc64el"), resolve("arm64")
     assert {"efibootmgr", "grub-efi-amd64-bin", "grub-pc-bin", "dmidecode"} <= amd64
     assert not {"efibootmgr", "dmidecode", "grub-efi-amd64-bin", "grub-pc-bin"} & ppc
     assert {"grub-ieee1275-bin", "powerpc-utils", "linux-image-powerpc64le"} <= ppc
     assert not {"grub-ieee1275-bin", "linux-image-powerpc64le"} & amd64
+    # arm64 boots through UEFI only: its own grub-efi, no BIOS or PReP tooling
+    assert {"efibootmgr", "grub-efi-arm64-bin", "dmidecode"} <= arm64
+    assert not {"grub-efi-amd64-bin", "grub-pc-bin", "grub-ieee1275-bin", "powerpc-utils",
+                "linux-image-powerpc64le"} & arm64
+    assert "grub-efi-arm64-bin" not in amd64 | ppc
 
 
 def test_ramdisk_basics_on_both_arches():
@@ -274,6 +279,9 @@ def test_wheel_platforms_follow_the_debian_arch():
     args = wheelhouse.platform_args("ppc64el")
     assert "manylinux2014_ppc64le" in args and "manylinux_2_28_ppc64le" in args
     assert not any("x86_64" in a for a in args)
+    args = wheelhouse.platform_args("arm64")
+    assert "manylinux2014_aarch64" in args and "manylinux_2_36_aarch64" in args
+    assert not any("x86_64" in a or "ppc64le" in a for a in args)
     with pytest.raises(SystemExit):
         wheelhouse.platform_args("sparc64")
 
@@ -426,7 +434,14 @@ def test_systemd_unit_starts_the_agent_with_restart():
     assert float(unit["Service"]["RestartSec"]) > 0
     assert unit["Unit"]["StartLimitIntervalSec"] == "0"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
-    assert "network-online.target" in unit["Unit"]["Wants"]
+    # the agent waits for an address itself: ordering it after network-online
+    # would put Python's start-up behind DHCP again
+    after = unit["Unit"]["After"].split()
+    assert not [u for u in after if u.startswith(("network", "sysinit", "basic"))], after
+    assert "systemd-udev-trigger.service" in after
+    assert unit["Unit"]["DefaultDependencies"] == "no"
+    # without default dependencies, stopping at shutdown must be asked for
+    assert unit["Unit"]["Conflicts"] == unit["Unit"]["Before"] == "shutdown.target"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")

@@ -106,16 +106,55 @@ def test_missing_host_tools_are_listed(tmp_path):
     assert br.missing_host_tools("gzip", path=str(tmp_path)) == ["debootstrap", "mkfs.ext4"]
 
 
-def test_ppc64el_without_binfmt_fails_early_and_points_at_assembly(monkeypatch, capsys,
-                                                                  tmp_path):
+def _fake_assembler(tmp_path, monkeypatch, body: str) -> str:
+    """A stand-in for tools/assemble-foreign that records its arguments."""
+    script = tmp_path / "assemble-foreign"
+    script.write_text("import sys, os\n"
+                      "open(os.environ['ARGS_FILE'], 'w').write(' '.join(sys.argv[1:]))\n"
+                      + body)
+    args_file = tmp_path / "args"
+    monkeypatch.setenv("ARGS_FILE", str(args_file))
+    monkeypatch.setattr(br, "ASSEMBLER", str(script))
     monkeypatch.setattr(br, "foreign_arch_problem", lambda arch, host: "no binfmt_misc here")
-    started = []
-    monkeypatch.setattr(br, "ensure_dib", lambda *a: started.append(a))
-    code = br.main(["--arch", "ppc64el", "--output", str(tmp_path / "out")])
+    monkeypatch.setattr(br, "ensure_dib", lambda *a: pytest.fail("diskimage-builder started"))
+    return str(args_file)
+
+
+@pytest.mark.parametrize("arch", ["ppc64el", "arm64"])
+def test_foreign_arch_without_binfmt_is_assembled_without_a_chroot(monkeypatch, capsys,
+                                                                   tmp_path, arch):
+    args_file = _fake_assembler(tmp_path, monkeypatch, """
+out = sys.argv[sys.argv.index('--output') + 1]
+for name in ('deploy-agent.kernel', 'deploy-agent.initramfs', 'deploy-agent.sha256'):
+    open(os.path.join(out, name), 'w').write(name)
+print('assembled')
+""")
+    out = tmp_path / "out"
+    assert br.main(["--arch", arch, "--output", str(out), "--quiet"]) == 0
+    args = open(args_file).read().split()
+    assert args[:4] == ["--arch", arch, "--output", str(out)]
+    printed = capsys.readouterr().out
+    assert "no binfmt_misc here; assembling the" in printed and "assembled\n" not in printed
+    assert "(assembled without a chroot)" in printed
+    assert (out / "deploy-agent.build.log").read_text() == "assembled\n"
+
+
+def test_a_failed_assembly_shows_the_log_tail(monkeypatch, capsys, tmp_path):
+    _fake_assembler(tmp_path, monkeypatch, "print('apt cannot resolve it')\nsys.exit(2)\n")
+    assert br.main(["--arch", "arm64", "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "tools/assemble-foreign failed with exit code 2" in err
+    assert "apt cannot resolve it" in err
+
+
+def test_extra_elements_need_the_chroot(monkeypatch, capsys, tmp_path):
+    args_file = _fake_assembler(tmp_path, monkeypatch, "")
+    code = br.main(["--arch", "arm64", "--element", "devuser",
+                    "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "cannot build ppc64el" in err and "tools/assemble-ppc64el" in err
-    assert not started and not (tmp_path / "out").exists()
+    assert "cannot build arm64" in err and "without extra --element" in err
+    assert not os.path.exists(args_file) and not (tmp_path / "out").exists()
 
 
 def test_not_a_checkout_is_refused(capsys, tmp_path):
@@ -153,7 +192,7 @@ def test_boot_templates_copied_without_urls(tmp_path):
 @dataclasses.dataclass
 class FakeTool:
     package: str
-    arches: tuple[str, ...] = ("amd64", "ppc64el")
+    arches: tuple[str, ...] = ("amd64", "ppc64el", "arm64")
 
 
 def _element_copy(tmp_path) -> str:
@@ -173,6 +212,7 @@ def test_sync_rewrites_tool_block_and_keeps_everything_else(tmp_path):
     block = text[text.index(br.TOOLS_BEGIN):text.index(br.TOOLS_END)]
     assert block.splitlines()[1:] == ["sgdisk:", "newtool:", "  arch: amd64"]
     assert "grub-efi-tooling:" in text and "kernel-ppc64le:" in text
+    assert "grub-efi-arm64-tooling:" in text
     debian = json.load(open(os.path.join(element, "pkg-map")))["family"]["debian"]
     assert debian["newtool"] == "new-pkg" and debian["sgdisk"] == "gdisk"
     # tools that left TOOLS leave pkg-map; mappings of other keys stay

@@ -54,6 +54,33 @@ def test_uefi_needs_a_private_variable_store():
         qemu.argv(qemu.Machine(firmware="uefi"))
 
 
+@pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None,
+                    reason="qemu-system-arm is not installed")
+def test_aarch64_virt_with_uefi_firmware(monkeypatch):
+    monkeypatch.setattr(qemu, "aavmf_files", lambda: ("/fw/CODE.fd", "/fw/VARS.fd"))
+    with pytest.raises(qemu.QemuError, match="variable store"):
+        qemu.argv(qemu.Machine(arch="aarch64", firmware="uefi"))
+    m = qemu.Machine(arch="aarch64", firmware="uefi", ovmf_vars="/r/VARS.fd",
+                     serial_log="/r/serial.log", disk="/r/disk.img", kernel="/k",
+                     initrd="/i", append="console=ttyAMA0",
+                     net=qemu.UserNet(mac="52:54:00:00:00:03"))
+    argv = qemu.argv(m)
+    joined = " ".join(argv)
+    assert argv[0].endswith("qemu-system-aarch64")
+    assert "-M virt -serial file:/r/serial.log -cpu cortex-a57" in joined
+    assert "if=pflash,format=raw,readonly=on,file=/fw/CODE.fd" in joined
+    assert "if=pflash,format=raw,file=/r/VARS.fd" in joined
+    assert "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:03,romfile=" in joined
+    assert "-kernel /k -initrd /i -append console=ttyAMA0" in joined
+    assert "pseries" not in joined
+
+
+def test_missing_aavmf_names_the_package(monkeypatch):
+    monkeypatch.setattr(qemu, "AAVMF_CODE", "/nonexistent/AAVMF_CODE.fd")
+    with pytest.raises(qemu.QemuMissing, match="qemu-efi-aarch64"):
+        qemu.aavmf_files()
+
+
 @needs_qemu
 def test_probe_sector_runs_under_tcg():
     ran, seconds, why = qemu.probe_accel("tcg")

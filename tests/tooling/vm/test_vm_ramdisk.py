@@ -35,3 +35,32 @@ def test_a_corrupted_or_missing_artifact_is_refused(tmp_path):
 
 def test_cache_key_follows_the_architecture():
     assert ramdisk.cache_key("amd64", "bookworm") != ramdisk.cache_key("ppc64el", "bookworm")
+
+
+def _builders(tmp_path, monkeypatch, first: str) -> list[str]:
+    """Stand-ins for build-ramdisk (printing ``first``, failing) and the assembler."""
+    calls = tmp_path / "calls"
+    scripts = []
+    for name, body in (("build-ramdisk", f"print({first!r}); sys.exit(2)"),
+                       ("assemble-foreign", "sys.exit(2)")):
+        script = tmp_path / name
+        script.write_text(f"import sys\nopen({str(calls)!r}, 'a').write({name!r} + ' ' + "
+                          f"' '.join(sys.argv[1:]) + '\\n')\n{body}\n")
+        scripts.append(str(script))
+    monkeypatch.setattr(ramdisk, "BUILDERS", {"arm64": tuple(scripts)})
+    monkeypatch.setattr(ramdisk, "ASSEMBLER", scripts[1])
+    with pytest.raises(ramdisk.RamdiskError, match="no arm64 ramdisk could be built"):
+        ramdisk._build("arm64", "bookworm", str(tmp_path / "out"), log=lambda m: None)
+    return calls.read_text().splitlines()
+
+
+def test_the_assembler_is_the_fallback_after_a_chroot_build(tmp_path, monkeypatch):
+    calls = _builders(tmp_path, monkeypatch, "disk-image-create failed")
+    assert [c.split()[0] for c in calls] == ["build-ramdisk", "assemble-foreign"]
+    assert all("--arch arm64" in c for c in calls)
+
+
+def test_the_assembler_is_not_run_twice(tmp_path, monkeypatch):
+    calls = _builders(tmp_path, monkeypatch, "build-ramdisk: no binfmt_misc; assembling the "
+                      "arm64 ramdisk " + ramdisk.HANDED_OVER + "; log in x")
+    assert [c.split()[0] for c in calls] == ["build-ramdisk"]

@@ -70,7 +70,15 @@ def test_arm64_features_and_no_model_line(tmp_path):
     assert info["flags"][:3] == ["fp", "asimd", "evtstrm"]
     assert info["frequency"] == "3000.0000"
     assert info["count"] == 2
-    assert info["model_name"] is None
+    assert info["model_name"] == "ARM Neoverse-N1"     # from implementer 0x41, part 0xd0c
+
+
+def test_arm64_model_of_an_unknown_core_names_its_ids(tmp_path):
+    write(tmp_path / "proc/cpuinfo", ARM64.replace("0xd0c", "0xabc").replace("0x41", "0x99"))
+    assert cpu.collect(str(tmp_path), arch="aarch64")["model_name"] == \
+        "implementer 0x99 part 0xabc"
+    write(tmp_path / "proc/cpuinfo", "processor\t: 0\nFeatures\t: fp\n")
+    assert cpu.collect(str(tmp_path), arch="aarch64")["model_name"] is None
 
 
 def test_x86_uses_first_cpu_mhz_when_no_cpufreq(tmp_path):

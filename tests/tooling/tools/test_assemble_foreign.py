@@ -1,4 +1,4 @@
-"""tools/assemble-ppc64el: private APT setup, unpacking, offline configuration."""
+"""tools/assemble-foreign: private APT setup, unpacking, offline configuration, per arch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.scripts import load_script
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
 
-asm = load_script("assemble_ppc64el", "tools", "assemble-ppc64el")
+asm = load_script("assemble_foreign", "tools", "assemble-foreign")
 br = asm.br
 
 
@@ -59,15 +59,26 @@ def test_ppc64el_package_set():
             "systemd-sysv", "python3-psutil"} <= set(packages)
     assert not {"efibootmgr", "dmidecode", "grub-pc-bin", "binutils",
                 "software-properties-common"} & set(packages)
+    assert asm.ARCHES["ppc64el"]["extra"] == ()       # the elements name its kernel
+
+
+def test_arm64_package_set_adds_the_kernel_debian_minimal_would():
+    packages = [*br.element_packages("arm64"), *asm.ARCHES["arm64"]["extra"]]
+    assert {"linux-image-arm64", "efibootmgr", "grub-efi-arm64-bin", "dmidecode",
+            "systemd-sysv", "python3-psutil"} <= set(packages)
+    assert not {"linux-image-powerpc64le", "grub-ieee1275-bin", "powerpc-utils",
+                "grub-pc-bin", "grub-efi-amd64-bin", "binutils"} & set(packages)
 
 
 # ------------------------------------------------------------------ apt
 
-def test_private_apt_config_targets_ppc64el(tmp_path):
+@pytest.mark.parametrize("arch", ["ppc64el", "arm64"])
+def test_private_apt_config_targets_the_arch(tmp_path, arch):
     env = asm.apt_config(str(tmp_path), "http://m.example.org/debian",
-                         "http://m.example.org/debian-security", "bookworm")
+                         "http://m.example.org/debian-security", "bookworm", arch)
     conf = open(env["APT_CONFIG"]).read()
-    assert 'APT::Architecture "ppc64el";' in conf
+    assert f'APT::Architecture "{arch}";' in conf
+    assert f'APT::Architectures {{ "{arch}"; }};' in conf
     assert f'Dir::State::status "{tmp_path}/var/lib/dpkg/status";' in conf
     assert os.path.getsize(tmp_path / "var/lib/dpkg/status") == 0
     sources = (tmp_path / "etc/apt/sources.list").read_text().splitlines()
@@ -82,7 +93,7 @@ def _fake_apt(tmp_path, script: str) -> dict[str, str]:
     (bindir / "apt-get").write_text("#!/bin/sh\n" + script)
     (bindir / "apt-get").chmod(0o755)
     env = asm.apt_config(str(tmp_path / "state"), "http://m.example.org/debian",
-                         "http://s.example.org/debian-security", "bookworm")
+                         "http://s.example.org/debian-security", "bookworm", "arm64")
     env["PATH"] = f"{bindir}:{env['PATH']}"
     return env
 
@@ -98,7 +109,7 @@ File has unexpected size" >&2
 fi
 exit 0
 ''')
-    assert asm.apt_update(env, "http://s.example.org/debian-security") is False
+    assert asm.apt_update(env, "http://s.example.org/debian-security", "arm64") is False
     assert "WITHOUT security updates" in capsys.readouterr().err
     sources = (tmp_path / "state/etc/apt/sources.list").read_text()
     assert "s.example.org" not in sources and "m.example.org" in sources
@@ -108,8 +119,8 @@ def test_broken_main_index_fails_the_build(tmp_path, monkeypatch):
     monkeypatch.setattr(asm.time, "sleep", lambda s: None)
     env = _fake_apt(tmp_path, 'echo "E: Failed to fetch http://m.example.org/debian/x" >&2\n'
                               'exit 100\n')
-    with pytest.raises(asm.BuildError, match="apt-get update for ppc64el failed"):
-        asm.apt_update(env, "http://s.example.org/debian-security")
+    with pytest.raises(asm.BuildError, match="apt-get update for arm64 failed"):
+        asm.apt_update(env, "http://s.example.org/debian-security", "arm64")
 
 
 # ------------------------------------------------------------------ tree
@@ -140,7 +151,7 @@ def test_prune_runs_the_elements_scripts_on_the_tree(tmp_path, monkeypatch):
     (tmp_path / "lib").symlink_to("usr/lib")           # merged /usr, as unpack makes it
     # the module pruning has its own tests; here it only has to run on the tree
     monkeypatch.setenv("DIB_DEPLOY_AGENT_KEEP_ALL_MODULES", "1")
-    asm.prune(str(tmp_path))
+    asm.prune(str(tmp_path), "ppc64el")
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["usr/lib/modules/6.1.0-9-powerpc64le/modules.dep",
                     "usr/lib/powerpc64le-linux-gnu/libc.so.6", "usr/sbin/mkfs.xfs",
@@ -156,7 +167,7 @@ def test_prune_fails_when_a_program_loses_a_library(tmp_path, monkeypatch):
     (tmp_path / "lib").symlink_to("usr/lib")
     monkeypatch.setenv("DIB_DEPLOY_AGENT_KEEP_ALL_MODULES", "1")
     with pytest.raises(asm.BuildError, match="97-deploy-agent-ramdisk-prune"):
-        asm.prune(str(tmp_path))
+        asm.prune(str(tmp_path), "ppc64el")
 
 
 @pytest.mark.skipif(shutil.which("systemctl") is None, reason="no systemctl")
@@ -181,5 +192,25 @@ def test_units_are_enabled_inside_the_tree_only(tmp_path):
 
 
 def test_refuses_a_directory_that_is_not_a_checkout(tmp_path, capsys):
-    assert asm.main(["--src", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert asm.main(["--arch", "arm64", "--src", str(tmp_path),
+                     "--output", str(tmp_path / "out")]) == 2
     assert "not a deploy-agent checkout" in capsys.readouterr().err
+
+
+def test_arch_is_required_and_checked(capsys):
+    with pytest.raises(SystemExit):
+        asm.parse_args([])
+    with pytest.raises(SystemExit):
+        asm.parse_args(["--arch", "sparc64"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_old_name_is_the_ppc64el_assembly(tmp_path):
+    out = subprocess.run([os.path.join(REPO, "tools", "assemble-ppc64el"), "--src",
+                          str(tmp_path), "--output", str(tmp_path / "out")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "not a deploy-agent checkout" in out.stderr
+    parsed = subprocess.run([os.path.join(REPO, "tools", "assemble-ppc64el"), "--help"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "assemble-foreign" in parsed
