@@ -79,23 +79,32 @@ def tmpfs_loop(size: int, workdir: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def agent_process(env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+def agent_process(env: dict[str, str] | None = None, root: str = ROOT
+                  ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``serve --standalone`` from source tree ``root``; yields the process and its URL."""
     port = free_port()
     full_env = dict(os.environ, **(env or {}))
+    # -m puts the working directory first on sys.path: the tree under test runs
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--standalone",
                              "--include-loop-devices", "--listen", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=full_env,
+                             "--port", str(port)], cwd=root, env=full_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/v1/status")
         yield proc, url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s; reaped either way."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def status_mib(pid: int, field: str) -> float:

@@ -30,7 +30,7 @@ from typing import Any
 import requests
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import free_port, status_mib  # noqa: E402
+from bench.common import free_port, status_mib, stop  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTLE_S = 1.0
@@ -88,12 +88,7 @@ def running(argv: list[str], port: int, env: dict[str, str]) -> Iterator[subproc
                 time.sleep(0.01)
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _run(session: requests.Session, base: str, name: str, params: dict[str, Any]) -> str:

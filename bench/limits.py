@@ -35,12 +35,10 @@ Run as root: python bench/limits.py [--size-mib N] [--runs N] [--content random]
 from __future__ import annotations
 
 import argparse
-import bz2
 import functools
 import hashlib
 import http.client
 import json
-import lzma
 import mmap
 import os
 import shutil
@@ -49,12 +47,11 @@ import subprocess
 import sys
 import time
 import urllib.parse
-import zlib
 from collections.abc import Callable
-from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from agent.imaging.decompress import library_decompressor  # noqa: E402
 from bench.common import ROOT, tmpfs_loop  # noqa: E402
 from bench.harness import drop_partitions, http_server  # noqa: E402
 from bench.stream_profile import COMPRESS, image_for  # noqa: E402
@@ -138,7 +135,7 @@ def decompress_seconds(kind: str, path: str, size: int) -> float:
     else:
         # fed 1 MiB at a time as a stream arrives: zlib copies its unconsumed
         # input on every call, so a whole file at once would measure that copy
-        obj = _library_decompressor(kind)
+        obj = library_decompressor(kind)
         whole = memoryview(data)
         offset = 0
         pending: bytes | memoryview = b""
@@ -155,7 +152,7 @@ def decompress_seconds(kind: str, path: str, size: int) -> float:
                 offset += MiB
                 if not rest:
                     break
-                obj = _library_decompressor(kind)    # another member or stream follows
+                obj = library_decompressor(kind)    # another member or stream follows
                 pending = rest
             elif not chunk and not len(pending) and offset >= len(whole):
                 raise RuntimeError(f"{path} ends before its {kind} stream does")
@@ -163,16 +160,6 @@ def decompress_seconds(kind: str, path: str, size: int) -> float:
     if produced != size:
         raise RuntimeError(f"{path} inflated to {produced} bytes, expected {size}")
     return seconds
-
-
-def _library_decompressor(kind: str) -> Any:
-    if kind == "gzip":
-        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    if kind == "xz":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    if kind == "bzip2":
-        return bz2.BZ2Decompressor()
-    raise ValueError(kind)
 
 
 def curl_seconds(url: str) -> float | None:

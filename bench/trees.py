@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 
-from bench.common import ROOT, free_port, wait_http
+from bench.common import ROOT, agent_process
 from bench.harness import python_env
 
 
-@contextlib.contextmanager
 def agent_in(root: str = ROOT, pycache: str = "/dev/shm/deploy-agent-bench-pycache"
-             ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``serve --standalone`` from source tree ``root``; yields the process and its URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--standalone",
-                             "--include-loop-devices", "--listen", "127.0.0.1",
-                             "--port", str(port)], cwd=root, env=python_env(pycache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/v1/status")
-        yield proc, url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+             ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen, str]]:
+    """``serve --standalone`` from source tree ``root``, its bytecode cached in ``pycache``."""
+    return agent_process(python_env(pycache), root=root)
 
 
 def tree(path: str | None) -> list[tuple[str, str]]:

@@ -30,7 +30,8 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def _new(kind: str) -> Any:
+def library_decompressor(kind: str) -> Any:
+    """A fresh streaming decompressor from the library for ``kind`` (gzip, xz, bzip2)."""
     if kind == "gzip":
         return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     if kind == "xz":
@@ -141,7 +142,7 @@ class Decompressor:
             self._obj = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
                 source, read_size=READ_SIZE, read_across_frames=True)
         else:
-            self._obj = _new(kind)
+            self._obj = library_decompressor(kind)
 
     def _more_input(self) -> bytes:
         if self._pending:
@@ -168,7 +169,7 @@ class Decompressor:
             self._obj = None
             return
         if sniff(rest) == self.kind:
-            self._obj = _new(self.kind)
+            self._obj = library_decompressor(self.kind)
             self._pending = rest
             return
         raise InvalidImage(f"{self.kind} image has trailing garbage after the end of the "

@@ -246,26 +246,39 @@ def test_boots_in_1gib_and_serves_the_api(ramdisk, tmp_path):
 
 # ------------------------------------------------------------------ ppc64le
 
-def test_ppc64el_outputs_and_budget(ppc_ramdisk):
-    subprocess.run(["sha256sum", "--check", "--quiet", "deploy-agent.sha256"], cwd=ppc_ramdisk,
+def _outputs_within_budget(ramdisk: str, arch: str, kernel_bytes: int) -> bytes:
+    """Checksums verify and the initramfs fits the budget; returns the kernel's first bytes."""
+    subprocess.run(["sha256sum", "--check", "--quiet", "deploy-agent.sha256"], cwd=ramdisk,
                    check=True)
-    kernel = open(os.path.join(ppc_ramdisk, "deploy-agent.kernel"), "rb").read(20)
-    # vmlinux, little-endian ELF64 for machine 21 (PowerPC 64)
-    assert kernel[:4] == b"\x7fELF" and kernel[4] == 2 and kernel[5] == 1
-    assert int.from_bytes(kernel[18:20], "little") == 21
-    size = os.path.getsize(os.path.join(ppc_ramdisk, "deploy-agent.initramfs")) / 2**20
-    print(f"\nppc64el initramfs {size:.1f} MiB")
+    size = os.path.getsize(os.path.join(ramdisk, "deploy-agent.initramfs")) / 2**20
+    print(f"\n{arch} initramfs {size:.1f} MiB")
     assert size <= BUDGET_MIB
+    with open(os.path.join(ramdisk, "deploy-agent.kernel"), "rb") as f:
+        return f.read(kernel_bytes)
 
 
-def test_ppc64el_tree_has_agent_and_tools(ppc_ramdisk, tmp_path):
-    tree = _unpack(os.path.join(ppc_ramdisk, "deploy-agent.initramfs"), str(tmp_path))
+def _tree_with_agent_and_tools(ramdisk: str, tmp_path, arch: str) -> tuple[str, tuple[str, ...]]:
+    """Unpack; systemd is /init, the agent is installed, every tool listed for ``arch`` is
+    there.  Returns the tree and the directories tools live in."""
+    tree = _unpack(os.path.join(ramdisk, "deploy-agent.initramfs"), str(tmp_path))
     assert os.readlink(os.path.join(tree, "init")) == "/sbin/init"
     assert os.path.isdir(os.path.join(tree, "opt/deploy-agent/lib/python3.11/site-packages/agent"))
     dirs = ("usr/sbin", "usr/bin")
-    missing = [name for name, tool in TOOLS.items() if "ppc64el" in tool.arches
+    missing = [name for name, tool in TOOLS.items() if arch in tool.arches
                and not any(os.path.exists(os.path.join(tree, d, name)) for d in dirs)]
     assert not missing
+    return tree, dirs
+
+
+def test_ppc64el_outputs_and_budget(ppc_ramdisk):
+    kernel = _outputs_within_budget(ppc_ramdisk, "ppc64el", 20)
+    # vmlinux, little-endian ELF64 for machine 21 (PowerPC 64)
+    assert kernel[:4] == b"\x7fELF" and kernel[4] == 2 and kernel[5] == 1
+    assert int.from_bytes(kernel[18:20], "little") == 21
+
+
+def test_ppc64el_tree_has_agent_and_tools(ppc_ramdisk, tmp_path):
+    tree, dirs = _tree_with_agent_and_tools(ppc_ramdisk, tmp_path, "ppc64el")
     for absent in ("efibootmgr", "dmidecode"):
         assert not any(os.path.exists(os.path.join(tree, d, absent)) for d in dirs), absent
     assert os.path.isdir(os.path.join(tree, "usr/lib/grub/powerpc-ieee1275"))
@@ -302,24 +315,13 @@ def test_ppc64el_boots_under_pseries_and_serves_the_api(ppc_ramdisk, tmp_path):
 # (tests/e2e boots it under qemu-system-aarch64 -M virt with UEFI)
 
 def test_arm64_outputs_and_budget(arm_ramdisk):
-    subprocess.run(["sha256sum", "--check", "--quiet", "deploy-agent.sha256"], cwd=arm_ramdisk,
-                   check=True)
-    kernel = open(os.path.join(arm_ramdisk, "deploy-agent.kernel"), "rb").read(64)
+    kernel = _outputs_within_budget(arm_ramdisk, "arm64", 64)
     # an arm64 Image (the EFI stub's PE header first): magic "ARM\x64" at offset 56
     assert kernel[:2] == b"MZ" and kernel[56:60] == b"ARM\x64"
-    size = os.path.getsize(os.path.join(arm_ramdisk, "deploy-agent.initramfs")) / 2**20
-    print(f"\narm64 initramfs {size:.1f} MiB")
-    assert size <= BUDGET_MIB
 
 
 def test_arm64_tree_has_agent_and_tools(arm_ramdisk, tmp_path):
-    tree = _unpack(os.path.join(arm_ramdisk, "deploy-agent.initramfs"), str(tmp_path))
-    assert os.readlink(os.path.join(tree, "init")) == "/sbin/init"
-    assert os.path.isdir(os.path.join(tree, "opt/deploy-agent/lib/python3.11/site-packages/agent"))
-    dirs = ("usr/sbin", "usr/bin")
-    missing = [name for name, tool in TOOLS.items() if "arm64" in tool.arches
-               and not any(os.path.exists(os.path.join(tree, d, name)) for d in dirs)]
-    assert not missing
+    tree, dirs = _tree_with_agent_and_tools(arm_ramdisk, tmp_path, "arm64")
     assert os.path.exists(os.path.join(tree, "usr/bin/efibootmgr"))
     assert not any(os.path.exists(os.path.join(tree, d, "grub-install")) for d in dirs)
     assert os.path.isdir(os.path.join(tree, "usr/lib/grub/arm64-efi"))

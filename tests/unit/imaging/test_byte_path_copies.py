@@ -3,41 +3,19 @@ judged without copying them, and both still give the right answers."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import mmap
 import os
-import threading
 import tracemalloc
-from collections.abc import Iterator
 
 import requests
 
 from agent.imaging import plumbing
 from agent.imaging.source import HTTPSource, body_reader
 from agent.imaging.writer import ZERO_GRAIN, is_zero
+from bench.harness import python_server
 
 MiB = 1 << 20
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
-        pass
-
-
-@contextlib.contextmanager
-def serving(root: str) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Quiet, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def read_all(source: HTTPSource) -> tuple[str, int]:
@@ -61,7 +39,7 @@ def read_all(source: HTTPSource) -> tuple[str, int]:
 def test_the_body_is_read_into_the_buffer_without_a_copy(tmp_path):
     data = os.urandom(9 * MiB + 123)
     (tmp_path / "image").write_bytes(data)
-    with serving(str(tmp_path)) as url:
+    with python_server(str(tmp_path)) as url:
         source = HTTPSource([f"{url}/image"], retries=0)
         source.open()
         try:
@@ -75,7 +53,7 @@ def test_the_body_is_read_into_the_buffer_without_a_copy(tmp_path):
 
 def test_a_decoding_response_keeps_urllib3s_reader(tmp_path):
     (tmp_path / "f").write_bytes(b"x" * 100)
-    with serving(str(tmp_path)) as url, requests.get(f"{url}/f", stream=True) as resp:
+    with python_server(str(tmp_path)) as url, requests.get(f"{url}/f", stream=True) as resp:
         assert body_reader(resp).__self__ is not resp.raw
         resp.raw.decode_content = True      # only urllib3 would decode: it must read then
         reader = body_reader(resp)
